@@ -1,0 +1,1 @@
+"""AsyncGate: the demo task-queue API that the resilience app protects."""

@@ -1,0 +1,10 @@
+from django.contrib import admin
+from django.urls import path
+
+from asyncgate_site import api
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("v1/health", api.health, name="health"),
+    path("v1/tasks", api.create_task, name="create-task"),
+]

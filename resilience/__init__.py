@@ -1,0 +1,1 @@
+"""Rate limits, a shared circuit breaker and a durable receipt buffer for AsyncGate."""

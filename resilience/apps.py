@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class ResilienceConfig(AppConfig):
+    name = "resilience"
+    verbose_name = _("Resilience")
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Registration by import: system checks and signal receivers, nothing else.
+        from resilience import checks, signals  # noqa: F401

@@ -1,0 +1,145 @@
+"""System checks: every misconfiguration detectable at start-up, each with a stable id and a hint.
+
+=================  ===========================================================================
+id                 meaning
+=================  ===========================================================================
+resilience.E001    ``settings.RESILIENCE`` is not a dict or holds an unknown key
+resilience.E002    ``RATE_LIMIT_BACKEND`` is neither ``"memory"`` nor ``"redis"``
+resilience.E003    the redis backend names a cache alias that is missing or not django-redis
+resilience.E004    a numeric setting is out of range or of the wrong type
+resilience.E005    ``RATE_LIMIT_TRUSTED_PROXIES`` holds something that is not a CIDR
+resilience.E006    ``MEMORYGATE_URL`` is not an http(s) URL
+resilience.W001    rate limiting is enabled but ``RateLimitMiddleware`` is not installed
+resilience.W002    ``MEMORYGATE_URL`` is unset: every receipt is buffered, none delivered
+=================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+
+from resilience.conf import resilience_settings
+
+MIDDLEWARE_PATH = "resilience.middleware.RateLimitMiddleware"
+DJANGO_REDIS_BACKENDS = ("django_redis.cache.RedisCache",)
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
+    try:
+        conf = resilience_settings.as_dict()
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), hint="Fix settings.RESILIENCE.", id="resilience.E001")]
+
+    errors: list = []
+    backend = conf["RATE_LIMIT_BACKEND"]
+    if backend not in ("memory", "redis"):
+        errors.append(
+            Error(
+                f"RESILIENCE['RATE_LIMIT_BACKEND'] is {backend!r}.",
+                hint='Use "memory" (one process) or "redis" (shared by the fleet).',
+                id="resilience.E002",
+            )
+        )
+    elif backend == "redis":
+        alias = conf["RATE_LIMIT_CACHE_ALIAS"]
+        cache_conf = settings.CACHES.get(alias)
+        if cache_conf is None or cache_conf.get("BACKEND") not in DJANGO_REDIS_BACKENDS:
+            errors.append(
+                Error(
+                    f"The redis rate-limit backend needs CACHES[{alias!r}] to be a django-redis "
+                    f"cache; it is {cache_conf.get('BACKEND') if cache_conf else 'missing'}.",
+                    hint="Set REDIS_URL, or point RATE_LIMIT_CACHE_ALIAS at a "
+                    "django_redis.cache.RedisCache alias.",
+                    id="resilience.E003",
+                )
+            )
+
+    errors.extend(_check_numbers(conf))
+    for proxy in conf["RATE_LIMIT_TRUSTED_PROXIES"]:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except (TypeError, ValueError):
+            errors.append(
+                Error(
+                    f"RESILIENCE['RATE_LIMIT_TRUSTED_PROXIES'] holds {proxy!r}, not a CIDR.",
+                    hint="Use networks such as 10.0.0.0/8 or 127.0.0.1/32.",
+                    id="resilience.E005",
+                )
+            )
+
+    url = conf["MEMORYGATE_URL"]
+    if url is None:
+        errors.append(
+            Warning(
+                "RESILIENCE['MEMORYGATE_URL'] is unset: every receipt is buffered in the database "
+                "and none is delivered.",
+                hint="Set MEMORYGATE_URL to MemoryGate's base URL.",
+                id="resilience.W002",
+            )
+        )
+    elif (
+        not isinstance(url, str)
+        or urlsplit(url).scheme not in ("http", "https")
+        or not urlsplit(url).netloc
+    ):
+        errors.append(
+            Error(
+                f"RESILIENCE['MEMORYGATE_URL'] is {url!r}, not an http(s) URL.",
+                hint="Use a base URL such as https://memorygate.internal:8443.",
+                id="resilience.E006",
+            )
+        )
+
+    if conf["RATE_LIMIT_ENABLED"] and MIDDLEWARE_PATH not in settings.MIDDLEWARE:
+        errors.append(
+            Warning(
+                "Rate limiting is enabled but RateLimitMiddleware is not in MIDDLEWARE, so no "
+                "rule is enforced.",
+                hint=f'Add "{MIDDLEWARE_PATH}" to MIDDLEWARE after AuthenticationMiddleware.',
+                id="resilience.W001",
+            )
+        )
+    return errors
+
+
+_POSITIVE_INTS = (
+    "RATE_LIMIT_DEFAULT_WINDOW_SECONDS",
+    "MEMORYGATE_CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+    "MEMORYGATE_CIRCUIT_BREAKER_TIMEOUT_SECONDS",
+    "MEMORYGATE_CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS",
+    "MEMORYGATE_CIRCUIT_BREAKER_SUCCESS_THRESHOLD",
+)
+
+
+def _check_numbers(conf: dict[str, Any]) -> list:
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    errors = []
+    for key in _POSITIVE_INTS:
+        if not positive_int(conf[key]):
+            errors.append(_number_error(key, conf[key], "a positive integer"))
+    calls = conf["RATE_LIMIT_DEFAULT_CALLS"]
+    if calls is not None and not positive_int(calls):
+        errors.append(
+            _number_error("RATE_LIMIT_DEFAULT_CALLS", calls, "a positive integer or None")
+        )
+    timeout = conf["MEMORYGATE_TIMEOUT_SECONDS"]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        errors.append(_number_error("MEMORYGATE_TIMEOUT_SECONDS", timeout, "a positive number"))
+    return errors
+
+
+def _number_error(key: str, value: Any, expected: str) -> Error:
+    return Error(
+        f"RESILIENCE[{key!r}] is {value!r}; it must be {expected}.",
+        hint="See the settings table in the README for defaults and units.",
+        id="resilience.E004",
+    )

@@ -1,0 +1,137 @@
+"""Fixtures shared by the whole suite.
+
+Redis: tests that need sharing or atomicity talk to the real server named by ``TEST_REDIS_URL``
+(default ``redis://127.0.0.1:6379/15``, a database the suite owns and flushes). Tests that stop
+Redis get a ``private_redis`` server of their own on a free port; the shared one is never stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from django.test import override_settings
+
+from resilience.conf import resilience_settings
+
+# Nothing on disk: a test server is thrown away with its test.
+PRIVATE_REDIS_ARGS = ("--save", "", "--appendonly", "no")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_cache_settings(url: str) -> dict:
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": url,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
+        }
+    }
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        parts = urlsplit(TEST_REDIS_URL)
+        pytest.fail(
+            f"Redis is not reachable at {parts.hostname}:{parts.port} ({exc}). Start it "
+            "(`make test` does) or set TEST_REDIS_URL.",
+            pytrace=False,
+        )
+    finally:
+        client.close()
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on the suite's own Redis database, flushed before and after the test."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def redis_backend(redis_client: redis.Redis, redis_url: str, settings) -> Iterator[str]:
+    """Settings with the default cache on django-redis and the rate-limit backend on Redis."""
+    settings.CACHES = redis_cache_settings(redis_url)
+    settings.RESILIENCE = {**settings.RESILIENCE, "RATE_LIMIT_BACKEND": "redis"}
+    resilience_settings.reload()
+    yield redis_url
+    resilience_settings.reload()
+
+
+class PrivateRedis:
+    """A ``redis-server`` owned by one test, on a free port, that the test may stop and restart."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            pytest.fail("redis-server is not installed (apt-get install redis-server).")
+        self.process = subprocess.Popen(
+            [executable, "--port", str(self.port), "--bind", "127.0.0.1", *PRIVATE_REDIS_ARGS],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                time.sleep(0.02)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_redis_backend(private_redis: PrivateRedis, settings) -> Iterator[PrivateRedis]:
+    """Like ``redis_backend``, but on a server the test may stop."""
+    with override_settings(
+        CACHES=redis_cache_settings(private_redis.url),
+        RESILIENCE={**settings.RESILIENCE, "RATE_LIMIT_BACKEND": "redis"},
+    ):
+        yield private_redis

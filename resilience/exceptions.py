@@ -9,3 +9,12 @@ class ResilienceError(Exception):
 
 class BackendUnavailable(ResilienceError):
     """The shared store (Redis) could not be reached; callers fall back or fail per settings."""
+
+
+class CircuitOpen(ResilienceError):
+    """A call was refused because the named circuit is open; ``retry_after`` is in seconds."""
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        self.name = name
+        self.retry_after = max(0.0, retry_after)
+        super().__init__(f"Circuit {name!r} is open; retry in {self.retry_after:.1f} s.")

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -23,6 +24,7 @@ from resilience.conf import resilience_settings
 
 # Nothing on disk: a test server is thrown away with its test.
 PRIVATE_REDIS_ARGS = ("--save", "", "--appendonly", "no")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
@@ -135,3 +137,33 @@ def private_redis_backend(private_redis: PrivateRedis, settings) -> Iterator[Pri
         RESILIENCE={**settings.RESILIENCE, "RATE_LIMIT_BACKEND": "redis"},
     ):
         yield private_redis
+
+
+def database_url_for_children() -> str:
+    """A ``DATABASE_URL`` that points a child process at the test database this test uses."""
+    from django.db import connection
+
+    conf = connection.settings_dict
+    if conf["ENGINE"] == "django.db.backends.sqlite3":
+        name = str(conf["NAME"])
+        if name == ":memory:" or name.startswith("file:"):
+            raise RuntimeError("Child processes need a file SQLite test database.")
+        return f"sqlite:///{os.path.abspath(name)}"
+    auth = conf["USER"] + (f":{conf['PASSWORD']}" if conf["PASSWORD"] else "")
+    return f"postgres://{auth}@{conf['HOST'] or '127.0.0.1'}:{conf['PORT'] or 5432}/{conf['NAME']}"
+
+
+@pytest.fixture
+def child_env(transactional_db) -> dict[str, str]:
+    """Environment for worker processes a test starts: same settings, same test database.
+
+    Rows a child must see are committed, hence ``transactional_db``.
+    """
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="asyncgate_site.settings",
+        DATABASE_URL=database_url_for_children(),
+        PYTHONPATH=str(PROJECT_ROOT),
+        SECRET_KEY="child-process-test-key",
+    )
+    return env

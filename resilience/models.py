@@ -112,6 +112,12 @@ class RateLimitRule(models.Model):
             raise ValidationError(errors)
 
 
+class BreakerOverride(models.TextChoices):
+    NONE = "", _("None (automatic)")
+    FORCE_OPEN = "force_open", _("Forced open")
+    FORCE_CLOSED = "force_closed", _("Forced closed")
+
+
 class BreakerPolicy(models.Model):
     """Thresholds of one circuit breaker; ``memorygate`` is seeded from settings."""
 
@@ -138,6 +144,13 @@ class BreakerPolicy(models.Model):
         default=2,
         validators=[MinValueValidator(1), MaxValueValidator(1_000)],
         help_text=_("Consecutive probe successes that close the circuit."),
+    )
+    override = models.CharField(
+        max_length=20,
+        choices=BreakerOverride.choices,
+        blank=True,
+        default=BreakerOverride.NONE,
+        help_text=_("An operator override that holds fleet-wide until cleared."),
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

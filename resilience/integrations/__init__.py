@@ -1,0 +1,1 @@
+"""Facades for the services AsyncGate talks to (MemoryGate), in the names of the original guide."""

@@ -22,6 +22,8 @@ from django.test import override_settings
 
 from resilience.conf import resilience_settings
 
+pytest_plugins = ["resilience.testing.fixtures"]
+
 # Nothing on disk: a test server is thrown away with its test.
 PRIVATE_REDIS_ARGS = ("--save", "", "--appendonly", "no")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

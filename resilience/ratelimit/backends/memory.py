@@ -1,0 +1,88 @@
+"""Counters in this process's memory: for development and single-process servers only.
+
+Every worker process has its own counters, so under N workers a client gets up to N times the
+limit; use the ``redis`` backend whenever more than one process serves requests.
+
+Thread-safe and async-safe: one check (evaluate every hit, then commit all or none) runs under a
+``threading.Lock`` and contains no I/O and no ``await``, so neither threads nor coroutines
+interleave inside it and the async entry point never blocks the loop for more than the check.
+
+Bounded: at most ``max_keys`` counters are held; an expired counter is dropped when next touched
+and the least recently used counter is evicted when the table is full. Evicting a live counter
+forgets its hits, so size the bound above the number of clients active within a window.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from resilience.ratelimit.algorithms import CONSUME, EVALUATE, EXPIRED, Verdict, initial_state
+from resilience.ratelimit.backends import CheckResult, Hit
+
+DEFAULT_MAX_KEYS = 100_000
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+class MemoryBackend:
+    """In-process counters; ``clock`` returns integer microseconds (injectable for tests)."""
+
+    name = "memory"
+
+    def __init__(
+        self, max_keys: int = DEFAULT_MAX_KEYS, clock: Callable[[], int] = wall_clock_us
+    ) -> None:
+        self.max_keys = max_keys
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._states: OrderedDict[str, Any] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def check(self, hits: Sequence[Hit], now_us: int | None = None) -> CheckResult:
+        now = self.clock() if now_us is None else now_us
+        states = self._states
+        with self._lock:
+            verdicts: list[Verdict] = []
+            committed = True
+            for key, algorithm, limit, enforced in hits:
+                state = states.get(key)
+                if state is None or EXPIRED[algorithm](state, limit, now):
+                    state = states[key] = initial_state(algorithm)
+                else:
+                    states.move_to_end(key)
+                verdict = EVALUATE[algorithm](state, limit, now)
+                verdicts.append(verdict)
+                if enforced and not verdict.allowed:
+                    committed = False
+            if committed:
+                done: set[str] = set()
+                for (key, algorithm, limit, _), verdict in zip(hits, verdicts, strict=True):
+                    if verdict.allowed and key not in done:
+                        done.add(key)
+                        states[key] = CONSUME[algorithm](states[key], limit, now)
+            if len(states) > self.max_keys:
+                while len(states) > self.max_keys:
+                    states.popitem(last=False)
+        return CheckResult(tuple(verdicts), committed)
+
+    async def acheck(self, hits: Sequence[Hit], now_us: int | None = None) -> CheckResult:
+        return self.check(hits, now_us)
+
+    def reset(self, patterns: Sequence[str]) -> int:
+        """Forget every counter whose key matches one of the glob ``patterns``."""
+        regex = re.compile("|".join(fnmatch.translate(p) for p in patterns))
+        with self._lock:
+            doomed = [key for key in self._states if regex.match(key)]
+            for key in doomed:
+                del self._states[key]
+        return len(doomed)

@@ -23,9 +23,13 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from resilience.integrations import get_memorygate_client
+
 TASK_TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 TASK_FIELDS = {"task_type", "payload"}
 MAX_BODY_BYTES = 64 * 1024
+# Who a new task is assigned to in its task.assigned receipt: the queue, until a worker leases it.
+TASK_QUEUE_PRINCIPAL = {"kind": "system", "id": "asyncgate.queue"}
 
 
 def _error(status: int, message: str, field: str | None = None) -> JsonResponse:
@@ -74,9 +78,30 @@ def authenticate_tenant(request: HttpRequest) -> uuid.UUID | None:
 def health(request: HttpRequest) -> JsonResponse:
     checks = {"database": _database_ok(), "cache": _cache_ok()}
     healthy = all(checks.values())
+    # Informational: an open breaker means receipts are buffered, not that this site is down.
     return JsonResponse(
-        {"status": "ok" if healthy else "degraded", **checks}, status=200 if healthy else 503
+        {
+            "status": "ok" if healthy else "degraded",
+            **checks,
+            "memorygate_breaker": _memorygate_breaker(),
+        },
+        status=200 if healthy else 503,
     )
+
+
+def _memorygate_breaker() -> dict[str, Any]:
+    from resilience.breaker import get_breaker
+
+    try:
+        stats = get_breaker("memorygate").stats()
+    except Exception:
+        return {"state": "unknown"}
+    return {
+        "state": stats["state"],
+        "override": stats["override"],
+        "failure_count": stats["failure_count"],
+        "opened_at": stats["opened_at"],
+    }
 
 
 def _database_ok() -> bool:
@@ -98,7 +123,16 @@ def _cache_ok() -> bool:
 
 @csrf_exempt
 @require_POST
-def create_task(request: HttpRequest) -> JsonResponse:
+async def create_task(request: HttpRequest) -> JsonResponse:
+    """Accept a task and emit its ``task.assigned`` receipt.
+
+    The receipt goes from the tenant's service principal (``service``, the tenant's UUID) to the
+    AsyncGate queue (``system``, ``asyncgate.queue``), which now holds the task until a worker
+    leases it. Its body names the task type and the request's size, not the payload itself (a
+    task payload may be larger than a receipt body may be). The response says whether MemoryGate
+    stored the receipt now (``delivered``) or it waits in the buffer (``buffered``); the task is
+    accepted either way. Async so that, under ASGI, every request shares one connection pool.
+    """
     tenant_id = authenticate_tenant(request)
     if tenant_id is None:
         return _error(401, "A valid API key is required (Authorization: Bearer or X-API-Key).")
@@ -106,8 +140,22 @@ def create_task(request: HttpRequest) -> JsonResponse:
     if isinstance(result, JsonResponse):
         return result
     task_id = uuid.uuid4()
+    receipt = await get_memorygate_client().emit_receipt(
+        tenant_id=tenant_id,
+        receipt_type="task.assigned",
+        from_principal={"kind": "service", "id": str(tenant_id)},
+        to_principal=TASK_QUEUE_PRINCIPAL,
+        task_id=task_id,
+        body={"task_type": result["task_type"], "request_bytes": len(request.body)},
+    )
     return JsonResponse(
-        {"task_id": str(task_id), "tenant_id": str(tenant_id), "status": "accepted"}, status=202
+        {
+            "task_id": str(task_id),
+            "tenant_id": str(tenant_id),
+            "status": "accepted",
+            "receipt": {"status": receipt["status"], "receipt_id": receipt["receipt_id"]},
+        },
+        status=202,
     )
 
 

@@ -11,6 +11,12 @@ resilience.E005    ``RATE_LIMIT_TRUSTED_PROXIES`` holds something that is not a 
 resilience.E006    ``MEMORYGATE_URL`` is not an http(s) URL
 resilience.W001    rate limiting is enabled but ``RateLimitMiddleware`` is not installed
 resilience.W002    ``MEMORYGATE_URL`` is unset: every receipt is buffered, none delivered
+resilience.W003    ``RateLimitMiddleware`` runs before ``AuthenticationMiddleware`` (or without
+                   it) while a rule keys on ``user``/``user_or_ip``: those rules see no user
+                   and count every request by IP. Code rules are checked always; database
+                   rules only by database checks (``check --database default``, ``migrate``)
+resilience.W004    ``MEMORYGATE_TIMEOUT_SECONDS`` is not below the breaker's probe lease, so a
+                   slow probe could lose its half-open slot while still running
 =================  ===========================================================================
 """
 
@@ -143,3 +149,86 @@ def _number_error(key: str, value: Any, expected: str) -> Error:
         hint="See the settings table in the README for defaults and units.",
         id="resilience.E004",
     )
+
+
+AUTH_MIDDLEWARE_PATH = "django.contrib.auth.middleware.AuthenticationMiddleware"
+
+
+def _middleware_before_auth() -> bool:
+    """True when RateLimitMiddleware is installed and runs before (or without) authentication.
+
+    Placement alone is not an error: it only matters to rules keyed on the user, so W003 fires
+    only when such a rule exists.
+    """
+    middleware = list(settings.MIDDLEWARE)
+    if MIDDLEWARE_PATH not in middleware:
+        return False
+    if AUTH_MIDDLEWARE_PATH not in middleware:
+        return True
+    return middleware.index(MIDDLEWARE_PATH) < middleware.index(AUTH_MIDDLEWARE_PATH)
+
+
+def _user_keyed_warning(where: str, names: list[str]) -> Warning:
+    return Warning(
+        f"RateLimitMiddleware runs before AuthenticationMiddleware, but {where} rule(s) "
+        f"{', '.join(sorted(names)[:5])} key on the user: they will count every request by IP.",
+        hint=f'Place "{MIDDLEWARE_PATH}" after "{AUTH_MIDDLEWARE_PATH}" in MIDDLEWARE.',
+        id="resilience.W003",
+    )
+
+
+@register(Tags.compatibility)
+def check_middleware_order_for_code_rules(app_configs: Any = None, **kwargs: Any) -> list:
+    if not _middleware_before_auth():
+        return []
+    from resilience.ratelimit.rules import USER_KEYS
+    from resilience.registry import registry
+
+    names = [rule.name for rule in registry.code_rules if rule.key in USER_KEYS]
+    return [_user_keyed_warning("code", names)] if names else []
+
+
+@register(Tags.database)
+def check_middleware_order_for_db_rules(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list:
+    if not databases or not _middleware_before_auth():
+        return []
+    from django.db import DatabaseError
+
+    from resilience.models import RateLimitRule
+    from resilience.ratelimit.rules import USER_KEYS
+
+    try:
+        names = list(
+            RateLimitRule.objects.filter(key__in=USER_KEYS)
+            .exclude(mode="off")
+            .values_list("name", flat=True)[:5]
+        )
+    except DatabaseError:
+        return []  # the table does not exist yet (before migrate): nothing to warn about
+    return [_user_keyed_warning("database", names)] if names else []
+
+
+@register(Tags.compatibility)
+def check_breaker_probe_lease(app_configs: Any = None, **kwargs: Any) -> list:
+    """A probe must end before its lease does, or more probes than allowed run at once."""
+    from resilience.breaker.machine import DEFAULT_PROBE_LEASE_SECONDS
+
+    try:
+        timeout = resilience_settings.MEMORYGATE_TIMEOUT_SECONDS
+    except ImproperlyConfigured:
+        return []  # reported as resilience.E001
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        return []  # reported as resilience.E004
+    if timeout < DEFAULT_PROBE_LEASE_SECONDS:
+        return []
+    return [
+        Warning(
+            f"RESILIENCE['MEMORYGATE_TIMEOUT_SECONDS'] is {timeout} s, not below the circuit "
+            f"breaker's probe lease ({DEFAULT_PROBE_LEASE_SECONDS} s): a slow half-open probe "
+            "could lose its slot while still running, letting extra probes through.",
+            hint=f"Use a MemoryGate timeout well below {DEFAULT_PROBE_LEASE_SECONDS} s.",
+            id="resilience.W004",
+        )
+    ]

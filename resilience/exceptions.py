@@ -18,3 +18,7 @@ class CircuitOpen(ResilienceError):
         self.name = name
         self.retry_after = max(0.0, retry_after)
         super().__init__(f"Circuit {name!r} is open; retry in {self.retry_after:.1f} s.")
+
+
+class DeliveryError(ResilienceError):
+    """MemoryGate could not be used for delivery (misconfigured, e.g. ``MEMORYGATE_URL`` unset)."""

@@ -1,0 +1,358 @@
+"""The MemoryGate client of the original integration guide: emit = breaker + transport, else buffer.
+
+``emit_receipt`` (async) and ``emit_receipt_sync`` (its twin for sync code: WSGI views, management
+commands, the shell) do the same thing:
+
+1. validate (``ValueError`` naming the field; nothing sent or stored),
+2. give the receipt its ``receipt_id`` and ``created_at``, once,
+3. try one POST through the ``memorygate`` breaker (no breaker when its policy is disabled),
+4. answer, without raising for anything MemoryGate or the network did:
+
+   * ``{"status": "delivered", "receipt_id": ...}``: 2xx, or 409 (MemoryGate already had it). No
+     database write.
+   * ``{"status": "buffered", "receipt_id": ..., "reason": ...}``: a transient failure (401, 403,
+     408, 425, 429, 5xx, timeout, connection error), the circuit open, ``MEMORYGATE_URL`` unset, or
+     an unexpected error while sending. A ``pending`` ``BufferedReceipt`` now holds it, due at once
+     or after ``Retry-After`` / the circuit's retry time; ``drain_receipts`` delivers it.
+   * ``{"status": "rejected", "receipt_id": ..., "reason": ...}``: MemoryGate refused the receipt
+     itself (400, 404, 413, 422). It is kept as a ``dead`` row for staff to inspect.
+
+   A receipt accepted past validation is never lost: when even the database write fails, that
+   error propagates, because claiming "buffered" would be a lie.
+
+Connections: the sync twin shares one thread-safe pooled ``httpx.Client``. httpx's async clients
+belong to the event loop that opened them, so the client keeps one ``httpx.AsyncClient`` per
+running loop (weakly keyed by the loop). Under ASGI that is one pool for the process; an async view
+served by WSGI runs on a fresh loop per request and so gets no pooling, which is why sync code
+should call ``emit_receipt_sync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils import timezone
+
+from resilience import signals
+from resilience.breaker import aget_breaker, get_breaker
+from resilience.conf import resilience_settings
+from resilience.exceptions import CircuitOpen
+from resilience.models import ReceiptStatus
+from resilience.receipts import buffer
+from resilience.receipts.schema import Receipt, build_receipt
+from resilience.receipts.transport import (
+    DeliveryOutcome,
+    MemoryGateTransport,
+    OutcomeKind,
+    areport,
+    report,
+)
+
+logger = logging.getLogger(__name__)
+
+BREAKER_NAME = "memorygate"
+UNCONFIGURED_REASON = "MEMORYGATE_URL is not set"
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """What trying to deliver produced: an outcome, or why nothing was sent (``not_sent``)."""
+
+    outcome: DeliveryOutcome | None = None
+    not_sent: str = ""
+    retry_after: float | None = None
+
+
+class MemoryGateClient:
+    """Emits receipts to one MemoryGate. ``base_url=None`` buffers every receipt.
+
+    ``api_key`` is sent as a bearer token and never logged or shown; ``timeout`` is per request,
+    in seconds; ``transport`` replaces httpx's network transport (``httpx.MockTransport`` ...);
+    ``max_connections`` bounds each pool.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None = None,
+        timeout: float = 0.5,
+        *,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+        breaker_name: str = BREAKER_NAME,
+        max_connections: int = 100,
+    ) -> None:
+        self._transport = (
+            MemoryGateTransport(base_url, api_key, timeout, transport=transport)
+            if base_url
+            else None
+        )
+        self.breaker_name = breaker_name
+        self._max_connections = max_connections
+        self._sync_client: httpx.Client | None = None
+        self._lock = threading.Lock()
+        self._async_clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, httpx.AsyncClient
+        ] = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        target = self._transport.url if self._transport else "unconfigured"
+        return f"<MemoryGateClient {target}>"
+
+    # The guide's API
+
+    async def emit_receipt(
+        self,
+        *,
+        tenant_id: uuid.UUID | str,
+        receipt_type: str,
+        from_principal: Mapping[str, Any],
+        to_principal: Mapping[str, Any],
+        task_id: uuid.UUID | str | None = None,
+        lease_id: uuid.UUID | str | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> dict[str, str]:
+        """Deliver a receipt now or buffer it; see the module docstring for the answer."""
+        receipt = build_receipt(
+            tenant_id=tenant_id,
+            receipt_type=receipt_type,
+            from_principal=from_principal,
+            to_principal=to_principal,
+            task_id=task_id,
+            lease_id=lease_id,
+            body=body,
+        )
+        attempt = await self._aattempt(receipt)
+        result, row = self._decide(receipt, attempt)
+        if row is not None:
+            await buffer.astore(receipt, **row)
+        self._announce(receipt, result)
+        return result
+
+    def emit_receipt_sync(
+        self,
+        *,
+        tenant_id: uuid.UUID | str,
+        receipt_type: str,
+        from_principal: Mapping[str, Any],
+        to_principal: Mapping[str, Any],
+        task_id: uuid.UUID | str | None = None,
+        lease_id: uuid.UUID | str | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> dict[str, str]:
+        """``emit_receipt`` for sync code. Calling it while an event loop runs in this thread is
+        a ``RuntimeError``: it would block the loop (``await emit_receipt`` there instead)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError(
+                "emit_receipt_sync() was called from async code; use `await emit_receipt()`."
+            )
+        receipt = build_receipt(
+            tenant_id=tenant_id,
+            receipt_type=receipt_type,
+            from_principal=from_principal,
+            to_principal=to_principal,
+            task_id=task_id,
+            lease_id=lease_id,
+            body=body,
+        )
+        attempt = self._attempt(receipt)
+        result, row = self._decide(receipt, attempt)
+        if row is not None:
+            buffer.store(receipt, **row)
+        self._announce(receipt, result)
+        return result
+
+    def get_circuit_stats(self) -> dict[str, Any]:
+        """The ``memorygate`` breaker's state, counters and policy (see DESIGN.md)."""
+        return get_breaker(self.breaker_name).stats()
+
+    async def reset_circuit(self) -> None:
+        """Close the circuit for every worker."""
+        await (await aget_breaker(self.breaker_name)).areset()
+
+    def close(self) -> None:
+        """Close the sync pool (async pools close with their loop, or with ``aclose``)."""
+        with self._lock:
+            client, self._sync_client = self._sync_client, None
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close the running loop's async pool."""
+        client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+    # Delivery
+
+    async def _aattempt(self, receipt: Receipt) -> _Attempt:
+        if self._transport is None:
+            return _Attempt(not_sent=UNCONFIGURED_REASON)
+        try:
+            breaker = await aget_breaker(self.breaker_name)
+            permit = None
+            if breaker.enabled:
+                try:
+                    permit = await breaker.aacquire()
+                except CircuitOpen as exc:
+                    return _circuit_open(exc)
+            outcome = await self._transport.asend(
+                self._async_client(), str(receipt.receipt_id), receipt.wire_bytes
+            )
+            if permit is not None:
+                await areport(permit, outcome)
+        except Exception as exc:
+            return _unexpected(receipt, exc)
+        return _Attempt(outcome)
+
+    def _attempt(self, receipt: Receipt) -> _Attempt:
+        if self._transport is None:
+            return _Attempt(not_sent=UNCONFIGURED_REASON)
+        try:
+            breaker = get_breaker(self.breaker_name)
+            permit = None
+            if breaker.enabled:
+                try:
+                    permit = breaker.acquire()
+                except CircuitOpen as exc:
+                    return _circuit_open(exc)
+            outcome = self._transport.send(
+                self._sync_client_or_new(), str(receipt.receipt_id), receipt.wire_bytes
+            )
+            if permit is not None:
+                report(permit, outcome)
+        except Exception as exc:
+            return _unexpected(receipt, exc)
+        return _Attempt(outcome)
+
+    def _decide(
+        self, receipt: Receipt, attempt: _Attempt
+    ) -> tuple[dict[str, str], dict[str, Any] | None]:
+        """The answer to give, and the buffer row to write (None: nothing to write)."""
+        receipt_id = str(receipt.receipt_id)
+        now = timezone.now()
+        outcome = attempt.outcome
+        if outcome is None:
+            retry_at = now + timedelta(seconds=attempt.retry_after or 0)
+            row = _pending(0, retry_at, attempt.not_sent)
+            return _answer("buffered", receipt_id, attempt.not_sent), row
+        if outcome.kind is OutcomeKind.DELIVERED:
+            return _answer("delivered", receipt_id), None
+        if outcome.kind is OutcomeKind.REFUSED:
+            row = {
+                "status": ReceiptStatus.DEAD,
+                "attempts": 1,
+                "next_attempt_at": now,
+                "last_error": f"refused by MemoryGate: {outcome.error}",
+            }
+            return _answer("rejected", receipt_id, outcome.error), row
+        retry_at = now + timedelta(seconds=outcome.retry_after or 0)
+        return _answer("buffered", receipt_id, outcome.error), _pending(1, retry_at, outcome.error)
+
+    def _announce(self, receipt: Receipt, result: dict[str, str]) -> None:
+        receipt_id = result["receipt_id"]
+        status = result["status"]
+        if status == "delivered":
+            signals.receipt_delivered.send(type(self), receipt_id=receipt_id, buffered=False)
+            return
+        reason = result["reason"]
+        if status == "buffered":
+            logger.info("Receipt %s (%s) buffered: %s", receipt_id, receipt.receipt_type, reason)
+            signals.receipt_buffered.send(
+                type(self), receipt_id=receipt_id, receipt_type=receipt.receipt_type, reason=reason
+            )
+        else:
+            logger.warning("Receipt %s refused by MemoryGate: %s", receipt_id, reason)
+            signals.receipt_dead_lettered.send(type(self), receipt_id=receipt_id, reason=reason)
+
+    # Pools
+
+    def _async_client(self) -> httpx.AsyncClient:
+        assert self._transport is not None
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = self._transport.async_client(self._max_connections)
+            self._async_clients[loop] = client
+        return client
+
+    def _sync_client_or_new(self) -> httpx.Client:
+        assert self._transport is not None
+        client = self._sync_client
+        if client is None:
+            with self._lock:
+                if self._sync_client is None:
+                    self._sync_client = self._transport.sync_client(self._max_connections)
+                client = self._sync_client
+        return client
+
+
+def _answer(status: str, receipt_id: str, reason: str | None = None) -> dict[str, str]:
+    answer = {"status": status, "receipt_id": receipt_id}
+    if reason is not None:
+        answer["reason"] = reason
+    return answer
+
+
+def _pending(attempts: int, retry_at: Any, error: str) -> dict[str, Any]:
+    return {
+        "status": ReceiptStatus.PENDING,
+        "attempts": attempts,
+        "next_attempt_at": retry_at,
+        "last_error": error,
+    }
+
+
+def _circuit_open(exc: CircuitOpen) -> _Attempt:
+    reason = f"circuit open (retry in {exc.retry_after:.0f} s)"
+    return _Attempt(not_sent=reason, retry_after=exc.retry_after)
+
+
+def _unexpected(receipt: Receipt, exc: Exception) -> _Attempt:
+    # A bug or an odd environment must not lose the receipt: buffer it and say why.
+    logger.exception("Unexpected error delivering receipt %s; buffering it.", receipt.receipt_id)
+    return _Attempt(not_sent=f"unexpected error: {type(exc).__name__}")
+
+
+_client: MemoryGateClient | None = None
+_client_lock = threading.Lock()
+
+
+def get_memorygate_client() -> MemoryGateClient:
+    """The process's client, built from ``RESILIENCE`` on first use and again after a change."""
+    global _client  # noqa: PLW0603
+    client = _client
+    if client is None:
+        with _client_lock:
+            if _client is None:
+                _client = MemoryGateClient(
+                    resilience_settings.MEMORYGATE_URL,
+                    resilience_settings.MEMORYGATE_API_KEY,
+                    resilience_settings.MEMORYGATE_TIMEOUT_SECONDS,
+                )
+            client = _client
+    return client
+
+
+@receiver(setting_changed)
+def _forget_client(*, setting: str, **kwargs: Any) -> None:
+    global _client
+    if setting == "RESILIENCE":
+        with _client_lock:
+            old, _client = _client, None
+        if old is not None:
+            old.close()

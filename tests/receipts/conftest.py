@@ -1,0 +1,152 @@
+"""Fixtures of the receipts suite: settings pointed at the stub MemoryGate, receipts, a dead port.
+
+Every test gets fresh breakers (the memory store would otherwise carry one test's open circuit
+into the next) and a fresh process client.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from model_bakery import baker
+
+from resilience.breaker import forget_breakers
+from resilience.models import BreakerPolicy, BufferedReceipt, ReceiptStatus
+from resilience.testing.stub_process import StubMemoryGate
+from tests.conftest import PROJECT_ROOT, free_port
+
+TENANT = uuid.UUID("11111111-2222-4333-8444-555555555555")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers() -> Iterator[None]:
+    forget_breakers()
+    yield
+    forget_breakers()
+
+
+def point_at(settings, url: str | None, api_key: str | None = "test-key", **extra: Any) -> None:
+    settings.RESILIENCE = {
+        **settings.RESILIENCE,
+        "MEMORYGATE_URL": url,
+        "MEMORYGATE_API_KEY": api_key,
+        **extra,
+    }
+
+
+@pytest.fixture
+def memorygate(stub_memorygate: StubMemoryGate, settings) -> StubMemoryGate:
+    """The session's stub, reset, with ``RESILIENCE`` pointing at it."""
+    point_at(settings, stub_memorygate.url, stub_memorygate.api_key)
+    return stub_memorygate
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """A loopback URL where nothing listens: every connection is refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def memorygate_down(settings, dead_url: str) -> str:
+    point_at(settings, dead_url)
+    return dead_url
+
+
+@pytest.fixture
+def receipt_fields() -> Callable[..., dict[str, Any]]:
+    """Valid ``emit_receipt`` keyword arguments; override any of them."""
+
+    def make(**overrides: Any) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "tenant_id": TENANT,
+            "receipt_type": "task.assigned",
+            "from_principal": {"kind": "service", "id": f"tenant:{TENANT}"},
+            "to_principal": {"kind": "system", "id": "asyncgate.queue"},
+            "task_id": uuid.uuid4(),
+            "body": {"task_type": "render", "n": 1},
+        }
+        fields.update(overrides)
+        return fields
+
+    return make
+
+
+def wire_payload(receipt_id: uuid.UUID, **overrides: Any) -> dict[str, Any]:
+    payload = {
+        "receipt_id": str(receipt_id),
+        "tenant_id": str(TENANT),
+        "receipt_type": "task.completed",
+        "from": {"kind": "worker", "id": "w-1"},
+        "to": {"kind": "service", "id": "asyncgate"},
+        "body": {"ok": True},
+        "created_at": "2025-01-01T00:00:00+00:00",
+    }
+    payload.update(overrides)
+    return payload
+
+
+@pytest.fixture
+def buffered() -> Callable[..., list[BufferedReceipt]]:
+    """Create ``n`` pending, due receipts with valid wire payloads (model-bakery)."""
+
+    def make(n: int, **fields: Any) -> list[BufferedReceipt]:
+        ids = [uuid.uuid4() for _ in range(n)]
+        return baker.make(
+            BufferedReceipt,
+            _quantity=n,
+            _bulk_create=True,
+            receipt_id=iter(ids),
+            tenant_id=TENANT,
+            receipt_type="task.completed",
+            payload=iter(wire_payload(rid) for rid in ids),
+            status=fields.pop("status", ReceiptStatus.PENDING),
+            **fields,
+        )
+
+    return make
+
+
+def set_breaker_policy(**fields: Any) -> None:
+    """Edit the seeded ``memorygate`` policy row (and forget cached breakers)."""
+    BreakerPolicy.objects.update_or_create(name="memorygate", defaults=fields)
+    forget_breakers()
+
+
+def manage(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """Start ``python manage.py <args>`` in a child process with ``env``."""
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "manage.py"), *args],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def memorygate_env(child_env: dict[str, str], stub_memorygate: StubMemoryGate) -> dict[str, str]:
+    """``child_env`` pointed at the (reset) stub, quiet logs."""
+    env = dict(child_env)
+    env.update(
+        MEMORYGATE_URL=stub_memorygate.url,
+        MEMORYGATE_API_KEY=stub_memorygate.api_key or "",
+        RESILIENCE_LOG_LEVEL="WARNING",
+    )
+    env.pop("REDIS_URL", None)
+    return env

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from django.test import override_settings
+from django.contrib.contenttypes.models import ContentType
 
 from resilience.conf import resilience_settings
 
@@ -41,7 +41,9 @@ def redis_cache_settings(url: str) -> dict:
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": url,
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
+            # Generous: two cores run the suite, its worker processes and Redis at once. A stopped
+            # server still fails at once (connection refused), so fail-open tests stay fast.
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
         }
     }
 
@@ -133,12 +135,23 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 @pytest.fixture
 def private_redis_backend(private_redis: PrivateRedis, settings) -> Iterator[PrivateRedis]:
-    """Like ``redis_backend``, but on a server the test may stop."""
-    with override_settings(
-        CACHES=redis_cache_settings(private_redis.url),
-        RESILIENCE={**settings.RESILIENCE, "RATE_LIMIT_BACKEND": "redis"},
-    ):
-        yield private_redis
+    """Like ``redis_backend``, but on a server the test may stop.
+
+    Through pytest-django's ``settings`` like ``redis_backend``, so whatever else the test changes
+    there is restored in one place and no later test inherits the stopped server.
+    """
+    settings.CACHES = redis_cache_settings(private_redis.url)
+    settings.RESILIENCE = {**settings.RESILIENCE, "RATE_LIMIT_BACKEND": "redis"}
+    resilience_settings.reload()
+    yield private_redis
+    resilience_settings.reload()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_content_types() -> Iterator[None]:
+    """Transactional tests flush the database; a cached ContentType id would then be stale."""
+    yield
+    ContentType.objects.clear_cache()
 
 
 def database_url_for_children() -> str:

@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ADDR ?= 127.0.0.1:8000
+# The browser test drives this Chromium (Debian's package); without it that test is skipped.
+CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: run test install install-dev services lint check bench stub clean
 
@@ -30,7 +32,12 @@ run: install
 
 # The whole suite against real Redis (started here if installed but not running).
 test: install-dev services
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@if [ -x "$(CHROMIUM)" ]; then \
+	  echo "Browser test: on (Chromium at $(CHROMIUM); screenshots in test-artifacts/)."; \
+	else \
+	  echo "Browser test: SKIPPED, no Chromium at $(CHROMIUM) (apt-get install chromium)."; \
+	fi
+	CHROMIUM_PATH=$(CHROMIUM) $(PY) -m pytest $(PYTEST_ARGS)
 
 services:
 	@bash scripts/ensure-services.sh
@@ -51,4 +58,4 @@ bench: install-dev services
 	$(PY) bench/drain.py
 
 clean:
-	rm -rf $(VENV) db.sqlite3 db.sqlite3.test staticfiles .pytest_cache .ruff_cache
+	rm -rf $(VENV) db.sqlite3 db.sqlite3.test staticfiles .pytest_cache .ruff_cache test-artifacts

@@ -17,6 +17,7 @@ resilience.W003    ``RateLimitMiddleware`` runs before ``AuthenticationMiddlewar
                    rules only by database checks (``check --database default``, ``migrate``)
 resilience.W004    ``MEMORYGATE_TIMEOUT_SECONDS`` is not below the breaker's probe lease, so a
                    slow probe could lose its half-open slot while still running
+resilience.E007    ``METRICS_TOKEN`` is neither None nor a string of at least 16 characters
 =================  ===========================================================================
 """
 
@@ -230,5 +231,35 @@ def check_breaker_probe_lease(app_configs: Any = None, **kwargs: Any) -> list:
             "could lose its slot while still running, letting extra probes through.",
             hint=f"Use a MemoryGate timeout well below {DEFAULT_PROBE_LEASE_SECONDS} s.",
             id="resilience.W004",
+        )
+    ]
+
+
+METRICS_TOKEN_MIN_LENGTH = 16
+
+
+@register(Tags.security)
+def check_metrics_token(app_configs: Any = None, **kwargs: Any) -> list:
+    """A short token can be guessed; the value itself never appears in the message."""
+    try:
+        token = resilience_settings.METRICS_TOKEN
+    except ImproperlyConfigured:
+        return []  # reported as resilience.E001
+    if token is None:
+        return []
+    if isinstance(token, str) and len(token.strip()) >= METRICS_TOKEN_MIN_LENGTH:
+        return []
+    shape = (
+        f"a string of {len(token.strip())} characters"
+        if isinstance(token, str)
+        else f"a {type(token).__name__}"
+    )
+    return [
+        Error(
+            f"RESILIENCE['METRICS_TOKEN'] is {shape}.",
+            hint=f"Use None (staff sessions only) or a random string of at least "
+            f"{METRICS_TOKEN_MIN_LENGTH} characters, e.g. from "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`.",
+            id="resilience.E007",
         )
     ]

@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "MEMORYGATE_CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS": 3,
     # Consecutive probe successes that close the circuit.
     "MEMORYGATE_CIRCUIT_BREAKER_SUCCESS_THRESHOLD": 2,
+    # Bearer token that lets a scraper read the metrics endpoint; None: staff sessions only.
+    # Compared in constant time, never logged.
+    "METRICS_TOKEN": None,
 }
 
 

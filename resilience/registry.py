@@ -21,6 +21,9 @@ Cross-process invalidation is a generation counter:
   slot with every client's counters, and the script must stay Cluster-safe.)
 * With the ``memory`` backend there is no shared store: the generation is this process's own,
   which is right for the single process that backend serves.
+* The same poll carries this process's rate-limit tallies (``resilience.ratelimit.stats``): the
+  ``GET`` becomes a pipeline that also adds them to per-minute buckets, so operators' counts cost
+  no extra round trip; with the ``memory`` backend they go to this process's buckets.
 * Whatever the backend, a snapshot older than ``MAX_AGE_SECONDS`` is reloaded: a safety net for a
   bump lost while Redis was unreachable.
 
@@ -38,6 +41,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import redis
 from asgiref.sync import sync_to_async
 from django.core.signals import setting_changed
 from django.db import DatabaseError, transaction
@@ -47,6 +51,7 @@ from django.dispatch import receiver
 from resilience.conf import resilience_settings
 from resilience.exceptions import BackendUnavailable
 from resilience.models import RateLimitRule
+from resilience.ratelimit import stats
 from resilience.ratelimit.rules import Rule, RuleSet, parse_methods
 from resilience.redis import REDIS_ERRORS, get_async_client, get_sync_client, translate_errors
 
@@ -235,25 +240,74 @@ def _generation_alias() -> str | None:
     return resilience_settings.RATE_LIMIT_CACHE_ALIAS
 
 
+def _take_stats() -> stats.Batch | None:
+    """This process's rate-limit tallies; with the memory backend they are stored here at once."""
+    batch = stats.counts.take()
+    if batch is not None and resilience_settings.RATE_LIMIT_BACKEND != "redis":
+        stats.memory_buckets.add(batch)
+        return None
+    return batch
+
+
+def _generation_of(results: list[Any]) -> int | None:
+    value = results[0]
+    return None if isinstance(value, Exception) else int(value or 0)
+
+
 def _read_generation() -> int | None:
+    """The generation in Redis (None without Redis); flushes the stats in the same round trip."""
+    batch = _take_stats()
     alias = _generation_alias()
     if alias is None:
         return None
     try:
         with translate_errors(alias):
-            return int(get_sync_client(alias).get(GENERATION_KEY) or 0)
-    except BackendUnavailable:
+            client = get_sync_client(alias)
+            if batch is None:
+                return int(client.get(GENERATION_KEY) or 0)
+            pipe = client.pipeline(transaction=False)
+            pipe.get(GENERATION_KEY)
+            stats.queue_writes(pipe, batch)
+            return _generation_of(pipe.execute(raise_on_error=False))
+    except (BackendUnavailable, redis.exceptions.RedisError):
         return None
 
 
 async def _aread_generation() -> int | None:
+    batch = _take_stats()
     alias = _generation_alias()
     if alias is None:
         return None
     try:
-        return int(await get_async_client(alias).get(GENERATION_KEY) or 0)
-    except REDIS_ERRORS:
+        client = get_async_client(alias)
+        if batch is None:
+            return int(await client.get(GENERATION_KEY) or 0)
+        pipe = client.pipeline(transaction=False)
+        pipe.get(GENERATION_KEY)
+        stats.queue_writes(pipe, batch)
+        return _generation_of(await pipe.execute(raise_on_error=False))
+    except (*REDIS_ERRORS, redis.exceptions.RedisError):
         return None
+
+
+def flush_stats() -> bool:
+    """Write this process's rate-limit tallies now (the status page and metrics call it).
+
+    False when Redis refused them; they are dropped then (see ``resilience.ratelimit.stats``).
+    """
+    batch = _take_stats()
+    alias = _generation_alias()
+    if batch is None or alias is None:
+        return True
+    try:
+        with translate_errors(alias):
+            pipe = get_sync_client(alias).pipeline(transaction=False)
+            stats.queue_writes(pipe, batch)
+            pipe.execute()
+    except (BackendUnavailable, redis.exceptions.RedisError) as exc:
+        logger.warning("Rate-limit statistics could not be written to Redis: %s", exc)
+        return False
+    return True
 
 
 def publish_change() -> None:

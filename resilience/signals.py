@@ -19,6 +19,11 @@ receipt_delivered = Signal()
 #: Arguments: ``receipt_id`` (str), ``reason`` (str).
 receipt_dead_lettered = Signal()
 
+#: The drain settled one batch (sender: ``Drainer``). Arguments: ``size`` (int, rows claimed),
+#: ``delivered``, ``failed``, ``dead``, ``released`` (int, rows settled each way), ``duration``
+#: (float, seconds from claim to settled, wall time on the monotonic clock).
+receipt_batch_drained = Signal()
+
 # Circuit breakers (sender: ``resilience.breaker.Breaker``). Sent once per transition, by the
 # process whose call or operator action caused it; receivers run in that call, so keep them short.
 # Arguments of all three: ``name`` (str, the breaker's name), ``state`` (str, the new state:

@@ -16,6 +16,9 @@ States and rules (DESIGN.md, "Circuit breaker semantics"):
   records outcomes in the totals without moving the state. Clearing the override resumes the
   automatic state where it stood.
 
+Every move between states records ``state_since`` (the clock's time), so operators see how long
+a circuit has held its state; a reset from a state other than CLOSED counts as a move.
+
 A permit remembers how it was admitted (``PermitKind``): the outcome of a call admitted while
 CLOSED only counts while the circuit is still CLOSED (a late failure of a call admitted before the
 circuit opened must not push an open circuit around), and only probe outcomes drive HALF_OPEN.
@@ -165,6 +168,8 @@ class Circuit:
     failures: int = 0
     successes: int = 0
     opened_at: float | None = None
+    # When the circuit entered its current state (None: not known, e.g. before the first call).
+    state_since: float | None = None
     last_failure_time: float | None = None
     last_error: str = ""
     calls: int = 0
@@ -247,11 +252,13 @@ class Circuit:
         self.probes.clear()
         if previous == State.CLOSED:
             return None
+        self.state_since = now
         return Transition(previous, State.CLOSED, self.stats(now))
 
     def _move(self, state: State, now: float) -> Transition:
         previous = self.state
         self.state = state
+        self.state_since = now
         self.successes = 0
         self.probes.clear()
         if state == State.OPEN:
@@ -279,6 +286,7 @@ class Circuit:
             "total_successes": self.total_successes,
             "total_rejections": self.rejections,
             "opened_at": timestamp(self.opened_at),
+            "state_since": timestamp(self.state_since),
             "last_failure_time": timestamp(self.last_failure_time),
             "last_error": self.last_error,
             "probes_in_flight": len(self.probes),

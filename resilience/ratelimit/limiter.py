@@ -9,6 +9,10 @@ backend is unreachable and ``RATE_LIMIT_FAIL_OPEN`` is False. Shadow rules are c
 like enforced ones, and a request they would refuse is logged (one line per rule per
 ``SHADOW_LOG_INTERVAL``, with the number of requests since the last line), never refused.
 Backend outages are logged the same way: one line per ``OUTAGE_LOG_INTERVAL``, not per request.
+
+Every decision is also tallied in process for operators (``stats.counts``: allowed and blocked
+per rule, the most blocked clients, requests decided without the backend), at the cost of a
+dictionary update; the tallies leave the process with the registry's periodic poll.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from resilience.ratelimit import keys
 from resilience.ratelimit.algorithms import Verdict, ceil_seconds
 from resilience.ratelimit.backends import Backend, Hit
 from resilience.ratelimit.rules import ALGORITHMS, MODES, Rule, parse_methods
+from resilience.ratelimit.stats import counts
 from resilience.registry import registry
 from resilience.validators import validate_client_key, validate_methods, validate_rule_path
 
@@ -246,7 +251,7 @@ class RateLimiter:
             result = config.backend.check(hits)
         except BackendUnavailable as exc:
             return self._unavailable(config, exc)
-        return self._decide(request, rules, result.verdicts)
+        return self._decide(request, rules, result.verdicts, hits)
 
     async def acheck(self, request: HttpRequest, rules: Sequence[Rule] | None = None) -> Decision:
         """``check`` for async callers: no blocking I/O on the event loop."""
@@ -263,18 +268,24 @@ class RateLimiter:
             result = await config.backend.acheck(hits)
         except BackendUnavailable as exc:
             return self._unavailable(config, exc)
-        return self._decide(request, rules, result.verdicts)
+        return self._decide(request, rules, result.verdicts, hits)
 
     def _unavailable(self, config: _Config, exc: BackendUnavailable) -> Decision:
+        counts.record_unavailable(config.fail_open)
         outcome = "letting requests through" if config.fail_open else "refusing requests"
         self._outage_log("outage", logging.ERROR, "Rate limiting unavailable, %s: %s", outcome, exc)
         return Decision(allowed=config.fail_open, unavailable=True)
 
     def _decide(
-        self, request: HttpRequest, rules: Sequence[Rule], verdicts: Sequence[Verdict]
+        self,
+        request: HttpRequest,
+        rules: Sequence[Rule],
+        verdicts: Sequence[Verdict],
+        hits: Sequence[Hit],
     ) -> Decision:
         if len(rules) == 1 and rules[0].enforced:  # the common case, without the bookkeeping
             rule, verdict = rules[0], verdicts[0]
+            counts.record(rule, verdict.allowed, hits[0].key)
             return Decision(
                 verdict.allowed,
                 rule,
@@ -298,6 +309,10 @@ class RateLimiter:
                     blocking = (rule, verdict)
             elif tightest is None or verdict.remaining < tightest[1].remaining:
                 tightest = (rule, verdict)
+        # Operators' counts (see ``stats``): a refused request counts only on the refusing rules.
+        for rule, verdict, hit in zip(rules, verdicts, hits, strict=True):
+            if not rule.enforced or blocking is None or not verdict.allowed:
+                counts.record(rule, verdict.allowed, hit.key)
         for rule in shadow_refused:
             self._shadow_log(
                 rule.name,

@@ -20,6 +20,8 @@ Algorithm (one ``Drainer.run``):
    * not sent because the drainer is stopping, or because its lease is about to run out (a row
      sent after its lease expired could be sent by another drainer too): ``pending``, due now.
 
+   Then ``receipt_batch_drained`` is sent with the batch's counts and duration (for metrics).
+
 4. Stop claiming once the breaker refused a call: a one-shot run ends there unless the circuit
    reopens for probes within ``SHORT_CIRCUIT_WAIT`` seconds (a HALF_OPEN circuit with every probe
    slot taken), in which case it waits; ``--loop`` always waits for the circuit. Also stop on
@@ -180,6 +182,7 @@ class Drainer:
                         break
                     self._sleep(wait, deadline)
                     continue
+                batch_started = time.monotonic()
                 claim = buffer.claim(self.options.batch_size, self.options.lease_seconds)
                 if not claim.receipts:
                     if not self.options.loop:
@@ -194,7 +197,16 @@ class Drainer:
                     # Whatever went wrong, rows we hold go back rather than wait for the lease.
                     buffer.release(claim, [row.id for row in claim.receipts])
                     raise
-                self._settle(claim, settlements, totals)
+                written = self._settle(claim, settlements, totals)
+                signals.receipt_batch_drained.send(
+                    Drainer,
+                    size=len(claim.receipts),
+                    delivered=written[Settle.DELIVERED],
+                    failed=written[Settle.RETRY],
+                    dead=written[Settle.DEAD],
+                    released=written[Settle.RELEASE],
+                    duration=time.monotonic() - batch_started,
+                )
                 if self.on_progress is not None:
                     self.on_progress(self._report(totals, started, 0, stopped_because))
         finally:
@@ -257,7 +269,9 @@ class Drainer:
             row.id, Settle.RETRY, timezone.now() + timedelta(seconds=delay), outcome.error
         )
 
-    def _settle(self, claim: Claim, settlements: Sequence[Settlement], totals: _Totals) -> None:
+    def _settle(
+        self, claim: Claim, settlements: Sequence[Settlement], totals: _Totals
+    ) -> dict[Settle, int]:
         written = buffer.settle(claim, settlements)
         totals.delivered += written[Settle.DELIVERED]
         totals.failed += written[Settle.RETRY]
@@ -277,6 +291,7 @@ class Drainer:
                 signals.receipt_delivered.send(Drainer, receipt_id=by_id[s.id], buffered=True)
             elif s.result is Settle.DEAD:
                 signals.receipt_dead_lettered.send(Drainer, receipt_id=by_id[s.id], reason=s.error)
+        return written
 
     def _report(
         self, totals: _Totals, started: float, remaining_due: int, stopped_because: str

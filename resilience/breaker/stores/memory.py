@@ -47,7 +47,7 @@ class MemoryStore:
         self.clock = clock
         self.probe_lease_seconds = probe_lease_seconds
         self._fallback = fallback
-        self._circuit = Circuit(policy)
+        self._circuit = Circuit(policy, state_since=clock())
         self._lock = threading.Lock()
 
     @property

@@ -2,7 +2,8 @@
 
 Layout (``{name}`` is a hash tag, so both keys of a breaker live on one Redis Cluster slot):
 
-* ``resilience:breaker:{name}`` (hash): ``state``, ``failures``, ``successes``, ``opened_at``,
+* ``resilience:breaker:{name}`` (hash): ``state``, ``state_since`` (when it entered that state;
+  absent from hashes written before the field existed), ``failures``, ``successes``, ``opened_at``,
   ``last_failure_time``, ``last_error``, the totals (``calls``, ``total_failures``,
   ``total_successes``, ``rejections``), the policy in force (``enabled``, ``failure_threshold``,
   ``timeout_seconds``, ``half_open_max_calls``, ``success_threshold``, ``override``) and ``gen``,
@@ -106,7 +107,7 @@ local function num(x) return string.format('%.6f', x) end
 if redis.call('EXISTS', h) == 0 then
   redis.call('HSET', h, 'state', 'closed', 'failures', 0, 'successes', 0, 'gen', 0,
     'calls', 0, 'total_failures', 0, 'total_successes', 0, 'rejections', 0,
-    'opened_at', '', 'last_failure_time', '', 'last_error', '',
+    'opened_at', '', 'last_failure_time', '', 'last_error', '', 'state_since', num(now),
     'enabled', ARGV[3], 'failure_threshold', ARGV[4], 'timeout_seconds', ARGV[5],
     'half_open_max_calls', ARGV[6], 'success_threshold', ARGV[7], 'override', ARGV[8])
 end
@@ -137,11 +138,13 @@ local function move(new)
   from, to, state = state, new, new
   redis.call('DEL', leases)
   if new == 'open' then
-    redis.call('HSET', h, 'state', new, 'successes', 0, 'opened_at', num(now))
+    redis.call('HSET', h, 'state', new, 'successes', 0, 'opened_at', num(now),
+      'state_since', num(now))
   elseif new == 'closed' then
-    redis.call('HSET', h, 'state', new, 'successes', 0, 'failures', 0, 'opened_at', '')
+    redis.call('HSET', h, 'state', new, 'successes', 0, 'failures', 0, 'opened_at', '',
+      'state_since', num(now))
   else
-    redis.call('HSET', h, 'state', new, 'successes', 0)
+    redis.call('HSET', h, 'state', new, 'successes', 0, 'state_since', num(now))
   end
 end
 
@@ -197,7 +200,10 @@ elseif op == 'failure' then
 elseif op == 'ignore' then
   if kind == 'probe' then redis.call('ZREM', leases, token) end
 elseif op == 'reset' then
-  if state ~= 'closed' then from, to = state, 'closed' end
+  if state ~= 'closed' then
+    from, to = state, 'closed'
+    redis.call('HSET', h, 'state_since', num(now))
+  end
   redis.call('HSET', h, 'state', 'closed', 'failures', 0, 'successes', 0,
     'calls', 0, 'total_failures', 0, 'total_successes', 0, 'rejections', 0,
     'opened_at', '', 'last_failure_time', '', 'last_error', '')
@@ -229,6 +235,7 @@ class Snapshot:
     failures: int
     successes: int
     opened_at: float | None
+    state_since: float | None
     last_failure_time: float | None
     last_error: str
     calls: int
@@ -250,6 +257,7 @@ class Snapshot:
             "total_successes": self.total_successes,
             "total_rejections": self.rejections,
             "opened_at": timestamp(self.opened_at),
+            "state_since": timestamp(self.state_since),
             "last_failure_time": timestamp(self.last_failure_time),
             "last_error": self.last_error,
             "probes_in_flight": self.probes,
@@ -491,6 +499,7 @@ class RedisStore:
             failures=int(values["failures"]),
             successes=int(values["successes"]),
             opened_at=_optional_float(values["opened_at"]),
+            state_since=_optional_float(values.get("state_since", "")),
             last_failure_time=_optional_float(values["last_failure_time"]),
             last_error=values["last_error"],
             calls=int(values["calls"]),

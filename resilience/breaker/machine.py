@@ -137,6 +137,30 @@ ADMIT_CLOSED = Admission(Ticket(PermitKind.CLOSED))
 ADMIT_FORCED = Admission(Ticket(PermitKind.FORCED))
 
 
+def stats_dict(state: Any, *, probes_in_flight: int) -> dict[str, Any]:
+    """The public ``stats()`` mapping (DESIGN.md's ``get_circuit_stats()`` fields and more).
+
+    ``state`` is anything with the breaker's fields: the memory store's ``Circuit`` or the Redis
+    store's ``Snapshot``; both stores answer in this one shape.
+    """
+    return {
+        "state": str(state.state),
+        "failure_count": state.failures,
+        "success_count": state.successes,
+        "total_calls": state.calls,
+        "total_failures": state.total_failures,
+        "total_successes": state.total_successes,
+        "total_rejections": state.rejections,
+        "opened_at": timestamp(state.opened_at),
+        "state_since": timestamp(state.state_since),
+        "last_failure_time": timestamp(state.last_failure_time),
+        "last_error": state.last_error,
+        "probes_in_flight": probes_in_flight,
+        "override": str(state.policy.override),
+        "policy": state.policy.as_dict(),
+    }
+
+
 def timestamp(value: float | None) -> datetime.datetime | None:
     if value is None:
         return None
@@ -277,19 +301,4 @@ class Circuit:
 
     def stats(self, now: float) -> dict[str, Any]:
         self._expire_leases(now)
-        return {
-            "state": str(self.state),
-            "failure_count": self.failures,
-            "success_count": self.successes,
-            "total_calls": self.calls,
-            "total_failures": self.total_failures,
-            "total_successes": self.total_successes,
-            "total_rejections": self.rejections,
-            "opened_at": timestamp(self.opened_at),
-            "state_since": timestamp(self.state_since),
-            "last_failure_time": timestamp(self.last_failure_time),
-            "last_error": self.last_error,
-            "probes_in_flight": len(self.probes),
-            "override": str(self.policy.override),
-            "policy": self.policy.as_dict(),
-        }
+        return stats_dict(self, probes_in_flight=len(self.probes))

@@ -73,7 +73,7 @@ from resilience.breaker.machine import (
     Ticket,
     Transition,
     clip_error,
-    timestamp,
+    stats_dict,
 )
 from resilience.breaker.stores.memory import MemoryStore
 from resilience.exceptions import BackendUnavailable
@@ -248,22 +248,7 @@ class Snapshot:
     server_now: float
 
     def stats(self) -> dict[str, Any]:
-        return {
-            "state": str(self.state),
-            "failure_count": self.failures,
-            "success_count": self.successes,
-            "total_calls": self.calls,
-            "total_failures": self.total_failures,
-            "total_successes": self.total_successes,
-            "total_rejections": self.rejections,
-            "opened_at": timestamp(self.opened_at),
-            "state_since": timestamp(self.state_since),
-            "last_failure_time": timestamp(self.last_failure_time),
-            "last_error": self.last_error,
-            "probes_in_flight": self.probes,
-            "override": str(self.policy.override),
-            "policy": self.policy.as_dict(),
-        }
+        return stats_dict(self, probes_in_flight=self.probes)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from resilience.integrations import get_memorygate_client
+from resilience.ratelimit.keys import presented_api_key
 
 TASK_TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 TASK_FIELDS = {"task_type", "payload"}
@@ -57,17 +58,9 @@ def _forget_keys(*, setting: str, **kwargs: Any) -> None:
         _tenants_by_key_digest.cache_clear()
 
 
-def presented_api_key(request: HttpRequest) -> str | None:
-    """The API key the client sent, from ``Authorization: Bearer`` or ``X-API-Key``."""
-    authorization = request.headers.get("Authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    key = request.headers.get("X-API-Key", "").strip()
-    return key or None
-
-
 def authenticate_tenant(request: HttpRequest) -> uuid.UUID | None:
+    # The same reading of the headers as the rate limiter's api_key identity, so the key a
+    # client is limited by is the key it is authenticated by.
     key = presented_api_key(request)
     if key is None:
         return None

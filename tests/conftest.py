@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,6 +22,7 @@ import redis
 from django.contrib.contenttypes.models import ContentType
 
 from resilience.conf import resilience_settings
+from resilience.testing.stub_process import StubMemoryGate
 
 pytest_plugins = ["resilience.testing.fixtures"]
 
@@ -182,3 +184,21 @@ def child_env(transactional_db) -> dict[str, str]:
         SECRET_KEY="child-process-test-key",
     )
     return env
+
+
+def point_at(settings, url: str | None, api_key: str | None = "test-key", **extra: Any) -> None:
+    """Point ``RESILIENCE`` at a MemoryGate (``None``: unset), with any other keys in ``extra``."""
+    settings.RESILIENCE = {
+        **settings.RESILIENCE,
+        "MEMORYGATE_URL": url,
+        "MEMORYGATE_API_KEY": api_key,
+        **extra,
+    }
+    resilience_settings.reload()
+
+
+@pytest.fixture
+def memorygate(stub_memorygate: StubMemoryGate, settings) -> StubMemoryGate:
+    """The session's stub, reset, with ``RESILIENCE`` pointing at it."""
+    point_at(settings, stub_memorygate.url, stub_memorygate.api_key)
+    return stub_memorygate

@@ -19,7 +19,6 @@ from resilience.conf import resilience_settings
 from resilience.integrations import get_memorygate_client
 from resilience.ratelimit import stats
 from resilience.registry import registry
-from resilience.testing.stub_process import StubMemoryGate
 
 TENANT = uuid.UUID("11111111-2222-4333-8444-555555555555")
 METRICS_TOKEN = "ops-suite-metrics-token-0123456789"
@@ -55,16 +54,6 @@ def scraped_value(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def point_at(settings, url: str | None, api_key: str | None = "test-key", **extra: Any) -> None:
-    settings.RESILIENCE = {
-        **settings.RESILIENCE,
-        "MEMORYGATE_URL": url,
-        "MEMORYGATE_API_KEY": api_key,
-        **extra,
-    }
-    resilience_settings.reload()
-
-
 @pytest.fixture
 def patient_redis(redis_backend: str, settings) -> str:
     """``redis_backend`` with 5 s socket timeouts instead of 0.5 s.
@@ -78,13 +67,6 @@ def patient_redis(redis_backend: str, settings) -> str:
     settings.CACHES = caches
     resilience_settings.reload()
     return redis_backend
-
-
-@pytest.fixture
-def memorygate(stub_memorygate: StubMemoryGate, settings) -> StubMemoryGate:
-    """The session's stub, reset, with ``RESILIENCE`` pointing at it."""
-    point_at(settings, stub_memorygate.url, stub_memorygate.api_key)
-    return stub_memorygate
 
 
 @pytest.fixture

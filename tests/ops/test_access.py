@@ -9,7 +9,8 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from tests.ops.conftest import METRICS_TOKEN, point_at
+from tests.conftest import point_at
+from tests.ops.conftest import METRICS_TOKEN
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,8 @@ from django.urls import reverse
 
 from resilience.breaker import get_breaker
 from resilience.models import BreakerPolicy, BufferedReceipt, ReceiptStatus
-from tests.ops.conftest import METRICS_TOKEN, metric_value, point_at, scraped_value
+from tests.conftest import point_at
+from tests.ops.conftest import METRICS_TOKEN, metric_value, scraped_value
 
 pytestmark = pytest.mark.django_db
 

@@ -19,7 +19,7 @@ from model_bakery import baker
 from resilience.breaker import forget_breakers
 from resilience.models import BreakerPolicy, BufferedReceipt, ReceiptStatus
 from resilience.testing.stub_process import StubMemoryGate
-from tests.conftest import PROJECT_ROOT, free_port
+from tests.conftest import PROJECT_ROOT, free_port, point_at
 
 TENANT = uuid.UUID("11111111-2222-4333-8444-555555555555")
 
@@ -29,22 +29,6 @@ def _fresh_breakers() -> Iterator[None]:
     forget_breakers()
     yield
     forget_breakers()
-
-
-def point_at(settings, url: str | None, api_key: str | None = "test-key", **extra: Any) -> None:
-    settings.RESILIENCE = {
-        **settings.RESILIENCE,
-        "MEMORYGATE_URL": url,
-        "MEMORYGATE_API_KEY": api_key,
-        **extra,
-    }
-
-
-@pytest.fixture
-def memorygate(stub_memorygate: StubMemoryGate, settings) -> StubMemoryGate:
-    """The session's stub, reset, with ``RESILIENCE`` pointing at it."""
-    point_at(settings, stub_memorygate.url, stub_memorygate.api_key)
-    return stub_memorygate
 
 
 @pytest.fixture

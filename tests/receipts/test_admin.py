@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from resilience.models import BufferedReceipt, ReceiptStatus
-from tests.receipts.conftest import point_at
+from tests.conftest import point_at
 
 pytestmark = pytest.mark.django_db
 

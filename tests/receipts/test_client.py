@@ -11,7 +11,8 @@ from resilience.breaker import get_breaker
 from resilience.integrations import MemoryGateClient, get_memorygate_client
 from resilience.models import BufferedReceipt, ReceiptStatus
 from resilience.signals import receipt_buffered, receipt_dead_lettered, receipt_delivered
-from tests.receipts.conftest import point_at, set_breaker_policy
+from tests.conftest import point_at
+from tests.receipts.conftest import set_breaker_policy
 
 
 def emit(**fields):

@@ -10,7 +10,8 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from resilience.models import BufferedReceipt, ReceiptStatus
-from tests.receipts.conftest import manage, point_at, wait_for
+from tests.conftest import point_at
+from tests.receipts.conftest import manage, wait_for
 
 pytestmark = pytest.mark.django_db
 

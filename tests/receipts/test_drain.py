@@ -16,7 +16,8 @@ from resilience.receipts import buffer
 from resilience.receipts.backoff import retry_delay
 from resilience.receipts.buffer import Settle, Settlement
 from resilience.receipts.drain import DrainOptions, drain
-from tests.receipts.conftest import point_at, set_breaker_policy
+from tests.conftest import point_at
+from tests.receipts.conftest import set_breaker_policy
 
 pytestmark = pytest.mark.django_db
 

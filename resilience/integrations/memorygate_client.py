@@ -271,7 +271,9 @@ class MemoryGateClient:
             return
         reason = result["reason"]
         if status == "buffered":
-            logger.info("Receipt %s (%s) buffered: %s", receipt_id, receipt.receipt_type, reason)
+            # DEBUG, not INFO: during an outage every emit lands here, and a line per receipt
+            # would bury the breaker's transition lines; metrics and the status page count them.
+            logger.debug("Receipt %s (%s) buffered: %s", receipt_id, receipt.receipt_type, reason)
             signals.receipt_buffered.send(
                 type(self), receipt_id=receipt_id, receipt_type=receipt.receipt_type, reason=reason
             )

@@ -49,11 +49,25 @@ def apply_headers(response: HttpResponse, decision: Decision) -> HttpResponse:
         # as structured-field strings), so the per-header charset validation of
         # HttpResponse.__setitem__, a quarter of the middleware's cost, is skipped.
         for name, value in values:
-            store[name.lower()] = (name, value)
+            store[_LOWER[name]] = (name, value)
     else:
         for name, value in values:
             response[name] = value
     return response
+
+
+# ResponseHeaders' store is keyed by the lower-cased name; lowered once here, not per request.
+_LOWER = {
+    name: name.lower()
+    for name in (
+        "RateLimit-Policy",
+        "RateLimit",
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+        "Retry-After",
+    )
+}
 
 
 def refused_response(decision: Decision) -> HttpResponse:

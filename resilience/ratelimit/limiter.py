@@ -241,9 +241,10 @@ class RateLimiter:
         """Decide for ``request`` against ``rules``, or the rules its path matches (sync)."""
         config = self.config
         if rules is None:
-            if path_exempt(config, request.path_info):
+            path = request.path_info
+            if config.exempt and path.startswith(config.exempt):  # path_exempt, inlined
                 return ALLOW
-            rules = registry.snapshot().match(request.method or "GET", request.path_info)
+            rules = registry.snapshot().match(request.method or "GET", path)
         if not rules:
             return ALLOW
         hits = _plan(request, rules, config)
@@ -283,7 +284,7 @@ class RateLimiter:
         verdicts: Sequence[Verdict],
         hits: Sequence[Hit],
     ) -> Decision:
-        if len(rules) == 1 and rules[0].enforced:  # the common case, without the bookkeeping
+        if len(hits) == 1 and hits[0].enforced:  # the common case, without the bookkeeping
             rule, verdict = rules[0], verdicts[0]
             counts.record(rule, verdict.allowed, hits[0].key)
             return Decision(
@@ -343,6 +344,17 @@ def path_exempt(config: _Config, path: str) -> bool:
 
 def _plan(request: HttpRequest, rules: Sequence[Rule], config: _Config) -> list[Hit]:
     """The backend's work for one request: one ``Hit`` per rule."""
+    if len(rules) == 1:  # the common case: one identity to hash, nothing to share
+        rule = rules[0]
+        digest = keys.digest(keys.identity(request, rule.key, config.trusted))
+        return [
+            Hit(
+                f"rl:{{{digest}}}:{rule.key_suffix}",
+                rule.algorithm,
+                rule.limit,
+                rule.mode == "enforce",
+            )
+        ]
     digests: dict[str, str] = {}
     hits = []
     for rule in rules:

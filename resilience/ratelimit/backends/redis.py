@@ -36,7 +36,13 @@ import redis
 from resilience.exceptions import BackendUnavailable
 from resilience.ratelimit.algorithms import Verdict
 from resilience.ratelimit.backends import CheckResult, Hit
-from resilience.redis import async_script, get_sync_client, sync_script, translate_errors
+from resilience.redis import (
+    REDIS_ERRORS,
+    async_script,
+    get_sync_client,
+    sync_script,
+    translate_errors,
+)
 
 ALGORITHM_CODES = {"sliding_window": "s", "fixed_window": "f", "token_bucket": "t"}
 ARGS_PER_HIT = 4
@@ -179,6 +185,8 @@ class RedisBackend:
 
     @staticmethod
     def _decode(raw: list[int]) -> CheckResult:
+        if len(raw) == ARGS_PER_HIT + 1:  # one hit, the common case
+            return CheckResult((Verdict(raw[0] == 1, raw[1], raw[2], raw[3]),), raw[4] == 1)
         verdicts = tuple(
             Verdict(raw[i] == 1, raw[i + 1], raw[i + 2], raw[i + 3])
             for i in range(0, len(raw) - 1, ARGS_PER_HIT)
@@ -187,12 +195,17 @@ class RedisBackend:
 
     def check(self, hits: Sequence[Hit], now_us: int | None = None) -> CheckResult:
         keys, args = self._encode(hits, now_us)
+        # ``translate_errors``'s work, done without its context manager: this runs on every
+        # request, and entering a generator-based context manager costs more than the rest of
+        # this method's Python.
         try:
-            with translate_errors(self.alias):
-                script = self._script
-                if script is None:
-                    script = self._script = sync_script(self.alias, CHECK_SCRIPT)
-                raw = script(keys=keys, args=args)
+            script = self._script
+            if script is None:
+                script = self._script = sync_script(self.alias, CHECK_SCRIPT)
+            raw = script(keys=keys, args=args)
+        except REDIS_ERRORS as exc:
+            message = f"Redis for cache {self.alias!r} is unreachable: {exc}"
+            raise BackendUnavailable(message) from exc
         except redis.exceptions.RedisError as exc:
             raise BackendUnavailable(f"Redis for cache {self.alias!r} failed: {exc}") from exc
         return self._decode(raw)
@@ -200,8 +213,10 @@ class RedisBackend:
     async def acheck(self, hits: Sequence[Hit], now_us: int | None = None) -> CheckResult:
         keys, args = self._encode(hits, now_us)
         try:
-            with translate_errors(self.alias):
-                raw = await async_script(self.alias, CHECK_SCRIPT)(keys=keys, args=args)
+            raw = await async_script(self.alias, CHECK_SCRIPT)(keys=keys, args=args)
+        except REDIS_ERRORS as exc:
+            message = f"Redis for cache {self.alias!r} is unreachable: {exc}"
+            raise BackendUnavailable(message) from exc
         except redis.exceptions.RedisError as exc:
             raise BackendUnavailable(f"Redis for cache {self.alias!r} failed: {exc}") from exc
         return self._decode(raw)

@@ -1,7 +1,8 @@
 """Benchmark: draining buffered receipts, and emitting on a healthy MemoryGate.
 
-    python bench/drain.py [--receipts 5000] [--concurrency 16] [--batch-size 500] [--rounds 2]
-                          [--latency-ms 20] [--serial-receipts 200]
+    python bench/drain.py [--receipts 5000] [--concurrency 16] [--batch-size 500] [--rounds 3]
+                          [--latency-ms 20] [--serial-receipts 150]
+                          [--emit-rounds 12] [--emits-per-round 25]
 
 One run, one stub MemoryGate (a child process on loopback) answering after ``--latency-ms`` (a
 MemoryGate is a networked service that writes to its own store; on a zero-latency loopback
@@ -16,12 +17,13 @@ nothing gains from concurrency), the same receipts for every contender:
 Concurrency 16: httpx's async pool slows down past a few dozen connections on this machine (both
 drain and plain use it, so the comparison stays fair; 16 is near the best of both).
 
-Targets (DESIGN.md): drain >= 80% of plain, >= 5x serial. Each contender runs ``--rounds`` times,
-interleaved, and its best round counts, because this machine is shared. The stub is reset before
-every round so each one stores N fresh receipts.
+Targets (DESIGN.md): drain >= 80% of plain, >= 5x serial. The contenders run ``--rounds`` times,
+interleaved (each leads one round in turn); medians are printed, and each ratio is the median of
+ratios taken within one round, because this machine is shared. The stub is reset before every
+run so each stores N fresh receipts.
 
-Then ``emit_receipt`` against a raw httpx POST, one at a time on a healthy stub, and the number of
-database writes emitting made (target: none).
+Then ``emit_receipt`` against a raw httpx POST, one at a time on a healthy stub, taking turns in
+rounds (paired ratios again), and the number of database writes emitting made (target: none).
 
 The database is an SQLite file in a temporary directory unless ``DATABASE_URL`` is set.
 """
@@ -32,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -141,8 +144,14 @@ def run_drain(bodies: list[dict], concurrency: int, batch_size: int) -> float:
     return report.delivered / report.elapsed
 
 
-def run_emit(url: str, api_key: str, n: int) -> tuple[float, float, int]:
-    """Seconds per emit, seconds per raw POST, and database writes made by the emits."""
+def run_emit(
+    url: str, api_key: str, rounds: int, per_round: int
+) -> tuple[list[float], list[float], int]:
+    """Seconds per emit and per raw POST in each round, and database writes made by the emits.
+
+    Both clients stay open for the whole run and take turns in rounds (the order flipped every
+    round), so machine noise hits both alike and each round gives one paired ratio.
+    """
     import httpx
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -161,37 +170,48 @@ def run_emit(url: str, api_key: str, n: int) -> tuple[float, float, int]:
         "body": {"progress": 0},
     }
 
-    async def emits() -> float:
-        await client.emit_receipt(**fields)  # warm the pool
-        started = time.perf_counter()
-        for _ in range(n):
-            result = await client.emit_receipt(**fields)
-            assert result["status"] == "delivered", result
-        elapsed = time.perf_counter() - started
-        await client.aclose()
-        return elapsed / n
-
-    async def raw() -> float:
-        receipts = [build_receipt(**fields) for _ in range(n + 1)]
+    async def main() -> tuple[list[float], list[float]]:
         async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
-            started = 0.0
-            for i, receipt in enumerate(receipts):
-                if i == 1:
-                    started = time.perf_counter()
-                receipt_id = str(receipt.receipt_id)
-                response = await http.post(
-                    url + "/v1/receipts",
-                    content=receipt.wire_bytes,
-                    headers=headers(api_key, receipt_id),
-                )
-                assert response.status_code == 201
-            return (time.perf_counter() - started) / n
 
+            async def emits() -> float:
+                started = time.perf_counter()
+                for _ in range(per_round):
+                    result = await client.emit_receipt(**fields)
+                    assert result["status"] == "delivered", result
+                return (time.perf_counter() - started) / per_round
+
+            async def raws() -> float:
+                # Built beforehand: the raw loop is the floor, it only posts.
+                receipts = [build_receipt(**fields) for _ in range(per_round)]
+                started = time.perf_counter()
+                for receipt in receipts:
+                    response = await http.post(
+                        url + "/v1/receipts",
+                        content=receipt.wire_bytes,
+                        headers=headers(api_key, str(receipt.receipt_id)),
+                    )
+                    assert response.status_code == 201, response.status_code
+                return (time.perf_counter() - started) / per_round
+
+            await client.emit_receipt(**fields)  # warm both pools
+            await raws()
+            emit_times: list[float] = []
+            raw_times: list[float] = []
+            for i in range(rounds):
+                if i % 2:
+                    raw_times.append(await raws())
+                    emit_times.append(await emits())
+                else:
+                    emit_times.append(await emits())
+                    raw_times.append(await raws())
+        await client.aclose()
+        return emit_times, raw_times
+
+    # The raw loop touches no database: every write captured here is an emit's.
     with CaptureQueriesContext(connection) as queries:
-        per_emit = asyncio.run(emits())
+        emit_times, raw_times = asyncio.run(main())
     writes = sum(1 for q in queries if not q["sql"].lstrip().upper().startswith("SELECT"))
-    per_raw = asyncio.run(raw())
-    return per_emit, per_raw, writes
+    return emit_times, raw_times, writes
 
 
 def main() -> None:
@@ -199,8 +219,9 @@ def main() -> None:
     parser.add_argument("--receipts", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--emits", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--emit-rounds", type=int, default=12)
+    parser.add_argument("--emits-per-round", type=int, default=25)
     parser.add_argument("--latency-ms", type=float, default=20)
     parser.add_argument("--serial-receipts", type=int, default=150)
     args = parser.parse_args()
@@ -228,33 +249,44 @@ def main() -> None:
                     "plain": lambda: run_plain(url, "bench-key", bodies, args.concurrency),
                     "serial": lambda: run_serial(url, "bench-key", serial_bodies),
                 }
-                best = dict.fromkeys(contenders, 0.0)
+                rates: dict[str, list[float]] = {name: [] for name in contenders}
+                order = list(contenders)
                 for _ in range(args.rounds):
-                    for name, contender in contenders.items():
+                    for name in order:
                         stub.reset()
                         stub.set_faults(latency_ms=args.latency_ms)
-                        rate = contender()
+                        rate = contenders[name]()
                         expected = len(serial_bodies) if name == "serial" else len(bodies)
                         assert stub.stats()["stored"] == expected
-                        best[name] = max(best[name], rate)
+                        rates[name].append(rate)
+                    order.append(order.pop(0))  # each contender leads one round in turn
                 stub.reset()
-                per_emit, per_raw, writes = run_emit(stub.url, "bench-key", args.emits)
+                emit_times, raw_times, writes = run_emit(
+                    stub.url, "bench-key", args.emit_rounds, args.emits_per_round
+                )
+
+    def paired(a: list[float], b: list[float]) -> float:
+        return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
     vendor = os.environ["DATABASE_URL"].split(":", 1)[0]
     print(
         f"drain {args.receipts} receipts, concurrency {args.concurrency}, batch "
-        f"{args.batch_size}, stub latency {args.latency_ms:g} ms, {vendor}, best of {args.rounds}:"
+        f"{args.batch_size}, stub latency {args.latency_ms:g} ms, {vendor}, "
+        f"{args.rounds} interleaved rounds (medians; ratios paired within a round):"
     )
-    for name, rate in best.items():
-        print(f"  {name:<7} {rate:8.0f} receipts/s")
-    plain_ratio = best["drain"] / best["plain"]
-    serial_ratio = best["drain"] / best["serial"]
+    for name, values in rates.items():
+        print(f"  {name:<7} {statistics.median(values):8.0f} receipts/s")
+    plain_ratio = paired(rates["drain"], rates["plain"])
+    serial_ratio = paired(rates["drain"], rates["serial"])
     print(f"  drain / plain concurrent httpx: {plain_ratio:.2f}  (target >= 0.80)")
     print(f"  drain / one-at-a-time:          {serial_ratio:.2f}  (target >= 5)")
-    print(f"emit_receipt on a healthy MemoryGate (no latency), {args.emits} one at a time:")
-    print(f"  emit_receipt {per_emit * 1e6:8.0f} us/call")
-    print(f"  raw httpx    {per_raw * 1e6:8.0f} us/call")
-    print(f"  emit / raw: {per_emit / per_raw:.2f}")
+    print(
+        f"emit_receipt on a healthy MemoryGate (no latency), one at a time, {args.emit_rounds} "
+        f"rounds of {args.emits_per_round} taking turns with a raw httpx POST:"
+    )
+    print(f"  emit_receipt {statistics.median(emit_times) * 1e6:8.0f} us/call")
+    print(f"  raw httpx    {statistics.median(raw_times) * 1e6:8.0f} us/call")
+    print(f"  emit / raw: {paired(emit_times, raw_times):.2f}  (paired median)")
     print(f"  database writes while emitting: {writes} (target 0)")
 
 

@@ -6,6 +6,7 @@ Variants, each a ``WSGIHandler`` called with the same minimal environ on the sam
 measured in interleaved rounds in one run (so machine noise hits every variant alike):
 
 * ``bare``: no middleware at all.
+* ``empty middleware``: a pass-through middleware, for scale: what any middleware costs.
 * ``memory 1 rule``: ``RateLimitMiddleware`` on the memory backend.
 * ``redis 1 rule`` / ``redis 3 rules``: ``RateLimitMiddleware`` on Redis, one or three rules on
   the path (one script round trip either way).
@@ -150,6 +151,16 @@ urlpatterns = [
 FLOOR_SCRIPT = "return 1"
 
 
+class EmptyMiddleware:
+    """Passes every request through: the cost of being a middleware at all."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+
 class FloorMiddleware:
     """One trivial EVALSHA per request through the same client, and nothing else."""
 
@@ -275,6 +286,7 @@ def main() -> None:
     ours = "resilience.middleware.RateLimitMiddleware"
     variants = {
         "bare": (handler([]), "/bare/x"),
+        "empty middleware": (handler([f"{__name__}.EmptyMiddleware"]), "/bare/x"),
         "memory 1 rule": (handler([f"{__name__}.MemoryRateLimitMiddleware"]), "/memo/x"),
         "redis 1 rule": (handler([ours]), "/red1/x"),
         "redis 3 rules": (handler([ours]), "/red3/x"),
@@ -364,6 +376,8 @@ def main() -> None:
         ),
     ):
         print(f"  [{'ok' if ok else 'MISSED'}] {label}: {detail}")
+    empty_share = paired("empty middleware", "bare") - 1
+    print(f"\nFor scale: an empty middleware adds {empty_share:.1%} of a bare request.")
     client.close()
 
 

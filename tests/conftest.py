@@ -12,7 +12,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +26,9 @@ from resilience.conf import resilience_settings
 from resilience.testing.stub_process import StubMemoryGate
 
 pytest_plugins = ["resilience.testing.fixtures"]
+
+# The tenant of every receipt the tests emit unless they say otherwise.
+TENANT = uuid.UUID("11111111-2222-4333-8444-555555555555")
 
 # Nothing on disk: a test server is thrown away with its test.
 PRIVATE_REDIS_ARGS = ("--save", "", "--appendonly", "no")
@@ -202,3 +206,22 @@ def memorygate(stub_memorygate: StubMemoryGate, settings) -> StubMemoryGate:
     """The session's stub, reset, with ``RESILIENCE`` pointing at it."""
     point_at(settings, stub_memorygate.url, stub_memorygate.api_key)
     return stub_memorygate
+
+
+@pytest.fixture
+def receipt_fields() -> Callable[..., dict[str, Any]]:
+    """Valid ``emit_receipt`` keyword arguments; override any of them."""
+
+    def make(**overrides: Any) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "tenant_id": TENANT,
+            "receipt_type": "task.assigned",
+            "from_principal": {"kind": "service", "id": f"tenant:{TENANT}"},
+            "to_principal": {"kind": "system", "id": "asyncgate.queue"},
+            "task_id": uuid.uuid4(),
+            "body": {"task_type": "render", "n": 1},
+        }
+        fields.update(overrides)
+        return fields
+
+    return make

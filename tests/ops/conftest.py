@@ -7,7 +7,6 @@ what they do (``metric_value``) rather than absolute numbers.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +19,6 @@ from resilience.integrations import get_memorygate_client
 from resilience.ratelimit import stats
 from resilience.registry import registry
 
-TENANT = uuid.UUID("11111111-2222-4333-8444-555555555555")
 METRICS_TOKEN = "ops-suite-metrics-token-0123456789"
 
 
@@ -70,20 +68,11 @@ def patient_redis(redis_backend: str, settings) -> str:
 
 
 @pytest.fixture
-def emit() -> Callable[..., dict[str, str]]:
+def emit(receipt_fields: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, str]]:
     """``emit(**overrides)``: one real ``emit_receipt_sync`` through the process's client."""
 
     def send(**overrides: Any) -> dict[str, str]:
-        fields: dict[str, Any] = {
-            "tenant_id": TENANT,
-            "receipt_type": "task.assigned",
-            "from_principal": {"kind": "service", "id": f"tenant:{TENANT}"},
-            "to_principal": {"kind": "system", "id": "asyncgate.queue"},
-            "task_id": uuid.uuid4(),
-            "body": {"task_type": "render"},
-        }
-        fields.update(overrides)
-        return get_memorygate_client().emit_receipt_sync(**fields)
+        return get_memorygate_client().emit_receipt_sync(**receipt_fields(**overrides))
 
     return send
 

@@ -26,8 +26,7 @@ from django.db import connections
 from resilience.breaker import get_breaker
 from resilience.integrations import get_memorygate_client
 from resilience.models import RateLimitRule
-from tests.conftest import PROJECT_ROOT, point_at
-from tests.ops.conftest import TENANT
+from tests.conftest import PROJECT_ROOT, TENANT, point_at
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -19,9 +19,7 @@ from model_bakery import baker
 from resilience.breaker import forget_breakers
 from resilience.models import BreakerPolicy, BufferedReceipt, ReceiptStatus
 from resilience.testing.stub_process import StubMemoryGate
-from tests.conftest import PROJECT_ROOT, free_port, point_at
-
-TENANT = uuid.UUID("11111111-2222-4333-8444-555555555555")
+from tests.conftest import PROJECT_ROOT, TENANT, free_port, point_at
 
 
 @pytest.fixture(autouse=True)
@@ -41,25 +39,6 @@ def dead_url() -> str:
 def memorygate_down(settings, dead_url: str) -> str:
     point_at(settings, dead_url)
     return dead_url
-
-
-@pytest.fixture
-def receipt_fields() -> Callable[..., dict[str, Any]]:
-    """Valid ``emit_receipt`` keyword arguments; override any of them."""
-
-    def make(**overrides: Any) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "tenant_id": TENANT,
-            "receipt_type": "task.assigned",
-            "from_principal": {"kind": "service", "id": f"tenant:{TENANT}"},
-            "to_principal": {"kind": "system", "id": "asyncgate.queue"},
-            "task_id": uuid.uuid4(),
-            "body": {"task_type": "render", "n": 1},
-        }
-        fields.update(overrides)
-        return fields
-
-    return make
 
 
 def wire_payload(receipt_id: uuid.UUID, **overrides: Any) -> dict[str, Any]:

@@ -214,16 +214,30 @@ def run_emit(
     return emit_times, raw_times, writes
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be zero or more, not {text!r}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--receipts", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--emit-rounds", type=int, default=12)
-    parser.add_argument("--emits-per-round", type=int, default=25)
-    parser.add_argument("--latency-ms", type=float, default=20)
-    parser.add_argument("--serial-receipts", type=int, default=150)
+    parser.add_argument("--receipts", type=positive_int, default=5000)
+    parser.add_argument("--concurrency", type=positive_int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=500)
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--emit-rounds", type=positive_int, default=12)
+    parser.add_argument("--emits-per-round", type=positive_int, default=25)
+    parser.add_argument("--latency-ms", type=non_negative_float, default=20)
+    parser.add_argument("--serial-receipts", type=positive_int, default=150)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:

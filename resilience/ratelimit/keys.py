@@ -166,12 +166,23 @@ def presented_api_key(request: HttpRequest) -> str | None:
     return token if _TOKEN.match(token) else None
 
 
-def identity(request: HttpRequest, key: str, trusted: tuple[IPNetwork, ...]) -> str:
-    """The raw identity text (kind-prefixed) of the client for one rule key; never stored raw."""
+USER_KEYS = frozenset({"user", "user_or_ip"})
+
+
+def identity(
+    request: HttpRequest, key: str, trusted: tuple[IPNetwork, ...], user: Any = None
+) -> str:
+    """The raw identity text (kind-prefixed) of the client for one rule key; never stored raw.
+
+    ``user`` is the request's user when the caller resolved it already: the async path must
+    (``await request.auser()``), since reading ``request.user`` there loads the session with a
+    blocking query, which Django refuses inside the event loop.
+    """
     if key == "ip":
         return ip_identity(request, trusted)
-    if key in ("user", "user_or_ip"):
-        user = getattr(request, "user", None)
+    if key in USER_KEYS:
+        if user is None:
+            user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
             return f"user:{user.pk}"
         return ip_identity(request, trusted)

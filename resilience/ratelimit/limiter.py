@@ -264,7 +264,10 @@ class RateLimiter:
             rules = snapshot.match(request.method or "GET", request.path_info)
         if not rules:
             return ALLOW
-        hits = _plan(request, rules, config)
+        user = None
+        if hasattr(request, "auser") and any(rule.key in keys.USER_KEYS for rule in rules):
+            user = await request.auser()
+        hits = _plan(request, rules, config, user)
         try:
             result = await config.backend.acheck(hits)
         except BackendUnavailable as exc:
@@ -342,11 +345,13 @@ def path_exempt(config: _Config, path: str) -> bool:
     return bool(config.exempt) and path.startswith(config.exempt)
 
 
-def _plan(request: HttpRequest, rules: Sequence[Rule], config: _Config) -> list[Hit]:
-    """The backend's work for one request: one ``Hit`` per rule."""
+def _plan(
+    request: HttpRequest, rules: Sequence[Rule], config: _Config, user: Any = None
+) -> list[Hit]:
+    """The backend's work for one request: one ``Hit`` per rule (``user``: see ``identity``)."""
     if len(rules) == 1:  # the common case: one identity to hash, nothing to share
         rule = rules[0]
-        digest = keys.digest(keys.identity(request, rule.key, config.trusted))
+        digest = keys.digest(keys.identity(request, rule.key, config.trusted, user))
         return [
             Hit(
                 f"rl:{{{digest}}}:{rule.key_suffix}",
@@ -360,7 +365,7 @@ def _plan(request: HttpRequest, rules: Sequence[Rule], config: _Config) -> list[
     for rule in rules:
         digest = digests.get(rule.key)
         if digest is None:
-            identity = keys.identity(request, rule.key, config.trusted)
+            identity = keys.identity(request, rule.key, config.trusted, user)
             digest = digests[rule.key] = keys.digest(identity)
         hits.append(
             Hit(

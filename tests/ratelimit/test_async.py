@@ -13,6 +13,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
+from django.test import AsyncClient
 
 from resilience import registry as registry_module
 from resilience.ratelimit.backends import redis as redis_backend_module
@@ -126,3 +127,39 @@ async def test_middleware__bare_asgi_handler_keys_by_client_address(
     assert (first[0], second[0], other[0]) == (200, 429, 200)
     assert first[1][b"X-RateLimit-Limit"] == b"1"
     assert second[1][b"Retry-After"] in (b"59", b"60")
+
+
+AUTH_MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "resilience.middleware.RateLimitMiddleware",
+]
+
+
+async def test_middleware__async_user_key_counts_per_logged_in_user(
+    backend, transactional_db, settings, django_user_model
+):
+    """Under ASGI the user comes from ``request.auser()``: ``request.user`` would query the
+    session synchronously inside the event loop, which Django refuses with a 500."""
+    settings.MIDDLEWARE = AUTH_MIDDLEWARE
+    configure(path="/t/async", calls=2, window_seconds=60, key="user")
+    create_user = sync_to_async(django_user_model.objects.create_user)
+    bob, eve = await create_user("bob", password="pw"), await create_user("eve", password="pw")
+    clients = []
+    for user in (bob, eve):
+        client = AsyncClient(raise_request_exception=False)
+        await client.aforce_login(user)
+        clients.append(client)
+    statuses = [(await clients[0].get("/t/async")).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert (await clients[1].get("/t/async")).status_code == 200
+
+
+async def test_middleware__async_user_key_with_a_forged_session_falls_back_to_ip(
+    backend, transactional_db, settings
+):
+    settings.MIDDLEWARE = AUTH_MIDDLEWARE
+    configure(path="/t/async", calls=1, window_seconds=60, key="user_or_ip")
+    client = AsyncClient(raise_request_exception=False)
+    client.cookies["sessionid"] = "a" * 32
+    assert [(await client.get("/t/async")).status_code for _ in range(2)] == [200, 429]

@@ -3,7 +3,9 @@
 =================  ===========================================================================
 id                 meaning
 =================  ===========================================================================
-resilience.E001    ``settings.RESILIENCE`` is not a dict or holds an unknown key
+resilience.E001    ``settings.RESILIENCE`` is not a dict, holds an unknown key, or a list setting
+                   (``RATE_LIMIT_EXEMPT_PATHS``, ``RATE_LIMIT_TRUSTED_PROXIES``) is not a list
+                   of strings (a bare string would be read character by character)
 resilience.E002    ``RATE_LIMIT_BACKEND`` is neither ``"memory"`` nor ``"redis"``
 resilience.E003    the redis backend names a cache alias that is missing or not django-redis
 resilience.E004    a numeric setting is out of range or of the wrong type

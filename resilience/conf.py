@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+_STRING_LISTS = ("RATE_LIMIT_EXEMPT_PATHS", "RATE_LIMIT_TRUSTED_PROXIES")
+
+
 class ResilienceSettings:
     """Attribute access to ``RESILIENCE`` merged over ``DEFAULTS``, computed once per change."""
 
@@ -75,6 +78,24 @@ class ResilienceSettings:
             raise ImproperlyConfigured(
                 f"Unknown key(s) in settings.RESILIENCE: {', '.join(unknown)}. "
                 f"Known keys: {', '.join(sorted(DEFAULTS))}."
+            )
+        for key in _STRING_LISTS:
+            value = user.get(key, ())
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                # A bare string would be read character by character: "/admin/" as an exempt
+                # "list" would exempt every path, since every path starts with "/".
+                raise ImproperlyConfigured(
+                    f"settings.RESILIENCE[{key!r}] is {value!r}; it must be a list or tuple of "
+                    f'strings (a single item is written ["{value}"]).'
+                    if isinstance(value, str)
+                    else f"settings.RESILIENCE[{key!r}] is {value!r}; it must be a list or tuple "
+                    "of strings."
+                )
+        bad_paths = [p for p in user.get("RATE_LIMIT_EXEMPT_PATHS", ()) if not p.startswith("/")]
+        if bad_paths:
+            raise ImproperlyConfigured(
+                f"settings.RESILIENCE['RATE_LIMIT_EXEMPT_PATHS'] holds {bad_paths[0]!r}, not a "
+                'path prefix: exempt paths start with "/", such as "/admin/".'
             )
         return {**DEFAULTS, **user}
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from resilience.signals import policy_rows_changed
 from resilience.validators import validate_client_key, validate_methods, validate_rule_path
 
 ONE_DAY_SECONDS = 86_400
@@ -31,6 +32,36 @@ class Mode(models.TextChoices):
     ENFORCE = "enforce", _("Enforce")
     SHADOW = "shadow", _("Shadow (count and log, never block)")
     OFF = "off", _("Off")
+
+
+class PolicyQuerySet(models.QuerySet):
+    """Bulk writes that announce themselves (``signals.policy_rows_changed``), so staff's
+    policy numbers reach the running fleet however they were written, not only by ``save()``.
+
+    ``delete()`` needs nothing: it sends ``post_delete`` per row while anyone listens.
+    """
+
+    def update(self, **kwargs: object) -> int:
+        with transaction.atomic(using=self.db, savepoint=False):
+            pks = list(self.values_list("pk", flat=True))
+            count = super().update(**kwargs)
+        self._announce(pks)
+        return count
+
+    def bulk_create(self, objs, *args, **kwargs):
+        created = super().bulk_create(objs, *args, **kwargs)
+        self._announce([obj.pk for obj in created if obj.pk is not None])
+        return created
+
+    def bulk_update(self, objs, *args, **kwargs):
+        objs = list(objs)
+        count = super().bulk_update(objs, *args, **kwargs)
+        self._announce([obj.pk for obj in objs])
+        return count
+
+    def _announce(self, pks: list) -> None:
+        if pks:
+            policy_rows_changed.send(sender=self.model, using=self.db, pks=pks)
 
 
 class RateLimitRule(models.Model):
@@ -68,10 +99,21 @@ class RateLimitRule(models.Model):
     algorithm = models.CharField(
         max_length=20, choices=Algorithm.choices, default=Algorithm.SLIDING_WINDOW
     )
-    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.ENFORCE)
+    mode = models.CharField(
+        max_length=10,
+        choices=Mode.choices,
+        default=Mode.ENFORCE,
+        help_text=_(
+            "Shadow: counted and logged, never blocks. Off: ignored as if deleted, so requests "
+            "on this path fall to the next broader rule or the default limit; to stop limiting "
+            "a path, shadow its rule instead."
+        ),
+    )
     notes = models.TextField(blank=True, help_text=_("Why this limit exists."))
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PolicyQuerySet.as_manager()
 
     class Meta:
         ordering = ("path", "name")
@@ -154,6 +196,8 @@ class BreakerPolicy(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PolicyQuerySet.as_manager()
 
     class Meta:
         ordering = ("name",)

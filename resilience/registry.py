@@ -9,8 +9,8 @@ Cross-process invalidation is a generation counter:
 
 * Saving or deleting a ``RateLimitRule`` (admin form, list edit, delete, shell) sends
   ``post_save`` / ``post_delete``; the receivers below call ``rules_changed()``.
-* ``QuerySet.update()`` and ``bulk_create`` / ``bulk_update`` send no signal: code that changes
-  rules that way (the admin actions do) must call ``rules_changed()`` itself.
+* ``QuerySet.update()``, ``bulk_create`` and ``bulk_update`` send no ``post_save``; the rules'
+  queryset sends ``policy_rows_changed`` instead, which lands in the same receiver.
 * ``rules_changed()`` runs on commit: it marks this process's snapshot stale and, with the
   ``redis`` backend, ``INCR``\\s the generation key in Redis.
 * Every process reads that key at most every ``POLL_SECONDS`` (0.5 s), on the first request after
@@ -54,6 +54,7 @@ from resilience.models import RateLimitRule
 from resilience.ratelimit import stats
 from resilience.ratelimit.rules import Rule, RuleSet, parse_methods
 from resilience.redis import REDIS_ERRORS, get_async_client, get_sync_client, translate_errors
+from resilience.signals import policy_rows_changed
 
 logger = logging.getLogger("resilience.ratelimit")
 
@@ -95,7 +96,9 @@ class RuleRegistry:
     """Holds the current ``RuleSet`` of this process and knows when to rebuild it."""
 
     def __init__(self) -> None:
-        self._code_rules: dict[str, Rule] = {}
+        # Keyed by (path, name): the same name on another path is another rule (two endpoints
+        # may share a key_prefix, hence a default name, and a counter).
+        self._code_rules: dict[tuple[str, str], Rule] = {}
         self._db_rules: tuple[Rule, ...] = ()
         self._snapshot: RuleSet | None = None
         self._stale = True
@@ -111,7 +114,7 @@ class RuleRegistry:
     # Code rules -----------------------------------------------------------------------------
 
     def add_code_rule(self, rule: Rule) -> None:
-        self._code_rules[rule.name] = rule
+        self._code_rules[rule.path, rule.name] = rule
         self._rebuild()
 
     def remove_code_rules(self, path: str | None = None) -> None:
@@ -119,7 +122,7 @@ class RuleRegistry:
         if path is None:
             self._code_rules.clear()
         else:
-            self._code_rules = {n: r for n, r in self._code_rules.items() if r.path != path}
+            self._code_rules = {k: r for k, r in self._code_rules.items() if r.path != path}
         self._rebuild()
 
     @property
@@ -342,6 +345,7 @@ registry = RuleRegistry()
 
 @receiver(post_save, sender=RateLimitRule, dispatch_uid="resilience.registry.saved")
 @receiver(post_delete, sender=RateLimitRule, dispatch_uid="resilience.registry.deleted")
+@receiver(policy_rows_changed, sender=RateLimitRule, dispatch_uid="resilience.registry.bulk")
 def _rule_row_changed(*, using: str, **kwargs: Any) -> None:
     rules_changed(using=using)
 

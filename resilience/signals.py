@@ -3,6 +3,7 @@
 Receivers get ``sender`` and the keyword arguments documented beside each signal.
 """
 
+from django.db.models.signals import ModelSignal
 from django.dispatch import Signal
 
 # Receipts (sender: the class that did it, ``MemoryGateClient`` or the drain's ``Drainer``).
@@ -38,3 +39,11 @@ circuit_half_opened = Signal()
 
 #: ``success_threshold`` consecutive probes succeeded, or an operator reset the circuit.
 circuit_closed = Signal()
+
+# Policy tables (sender: the model, ``RateLimitRule`` or ``BreakerPolicy``).
+
+#: Rows were written by ``QuerySet.update()``, ``bulk_create()`` or ``bulk_update()``, which send
+#: no ``post_save``: the registries reload them as they would after a save. Arguments: ``using``
+#: (str, the database alias), ``pks`` (list of the primary keys written). A ``ModelSignal``, like
+#: ``post_save``, so receivers may name the sender lazily ("resilience.BreakerPolicy").
+policy_rows_changed = ModelSignal(use_caching=True)

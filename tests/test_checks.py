@@ -28,6 +28,24 @@ def test_checks__unknown_key_is_e001(settings):
     assert "RATE_LIMIT_ENABLD" in error.msg
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("RATE_LIMIT_EXEMPT_PATHS", "/admin/", '["/admin/"]'),
+        ("RATE_LIMIT_EXEMPT_PATHS", ["/admin/", 7], "list or tuple of strings"),
+        ("RATE_LIMIT_EXEMPT_PATHS", ["admin/"], "'admin/', not a path prefix"),
+        ("RATE_LIMIT_TRUSTED_PROXIES", "10.0.0.0/8", '["10.0.0.0/8"]'),
+    ],
+)
+def test_checks__a_list_setting_that_is_not_a_list_of_strings_is_e001(settings, key, value, says):
+    """A bare string would be read character by character: "/admin/" would exempt every path."""
+    with_resilience(settings, MEMORYGATE_URL="http://mg", **{key: value})
+    [error] = check_settings()
+    assert error.id == "resilience.E001"
+    assert key in error.msg
+    assert says in error.msg
+
+
 def test_checks__unknown_backend_is_e002(settings):
     with_resilience(settings, RATE_LIMIT_BACKEND="memcached", MEMORYGATE_URL="http://mg")
     assert ids(check_settings()) == ["resilience.E002"]

@@ -4,9 +4,8 @@ Validation lives in ``RateLimitRule.clean()`` and the field validators, so the c
 list's inline edits refuse the same things with the same messages. Every change lands in the admin
 history: forms and list edits through Django's own logging, actions through ``log_change``.
 
-Saves and deletes reach every worker through the registry's ``post_save`` / ``post_delete``
-receivers. The mode actions use ``QuerySet.update`` (one query, no signal), so they call
-``rules_changed()`` themselves.
+Saves, deletes and the mode actions' ``QuerySet.update`` reach every worker through the
+registry's receivers (``post_save``, ``post_delete``, and ``policy_rows_changed`` for bulk writes).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from django.utils.translation import ngettext
 from resilience.exceptions import BackendUnavailable
 from resilience.models import Mode, RateLimitRule
 from resilience.ratelimit.limiter import get_rate_limiter
-from resilience.registry import rule_from_row, rules_changed
+from resilience.registry import rule_from_row
 
 
 class RuleChangeListForm(forms.ModelForm):
@@ -84,6 +83,13 @@ class RateLimitRuleAdmin(admin.ModelAdmin):
     )
     actions = ("enforce_rules", "shadow_rules", "switch_off_rules", "reset_counters")
 
+    def formfield_for_dbfield(self, db_field, request: HttpRequest, **kwargs):
+        # PositiveIntegerField's form field accepts 0 and answers -5 with "greater than or equal
+        # to 0", which misleads: the model refuses anything below 1.
+        if db_field.name in ("calls", "window_seconds"):
+            kwargs.setdefault("min_value", 1)
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
     @admin.display(description=_("methods"), ordering="methods")
     def methods_display(self, rule: RateLimitRule) -> str:
         return rule.methods or _("all")
@@ -106,7 +112,6 @@ class RateLimitRuleAdmin(admin.ModelAdmin):
             )
             for rule in changing:
                 self.log_change(request, rule, [{"changed": {"fields": ["Mode"]}}])
-            rules_changed()
         label = Mode(mode).label
         self.message_user(
             request,

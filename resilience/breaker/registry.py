@@ -34,6 +34,7 @@ from resilience.breaker.stores.memory import MemoryStore
 from resilience.breaker.stores.redis import RedisStore
 from resilience.conf import resilience_settings
 from resilience.exceptions import BackendUnavailable
+from resilience.signals import policy_rows_changed
 
 logger = logging.getLogger("resilience.breaker")
 
@@ -173,6 +174,17 @@ def _policy_saved(sender: Any, instance: Any, using: str, **kwargs: Any) -> None
         return
     name = instance.name
     transaction.on_commit(lambda: apply_policy(name, policy), using=using)
+
+
+@receiver(
+    policy_rows_changed, sender="resilience.BreakerPolicy", dispatch_uid="resilience.breaker.bulk"
+)
+def _policies_changed_in_bulk(sender: Any, using: str, pks: list, **kwargs: Any) -> None:
+    def apply_all() -> None:
+        for row in sender._default_manager.using(using).filter(pk__in=pks):
+            _policy_saved(sender, row, using)
+
+    transaction.on_commit(apply_all, using=using)
 
 
 @receiver(post_delete, sender="resilience.BreakerPolicy", dispatch_uid="resilience.breaker.deleted")

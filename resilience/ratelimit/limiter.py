@@ -206,8 +206,10 @@ class RateLimiter:
     ) -> Rule:
         """Declare a limit on ``path`` (exact, or a ``/prefix/*``) in code, in this process.
 
-        A rule with the same name replaces the earlier one. A database rule on the same path
-        takes precedence (see ``resilience.middleware``). Raises ``ValueError`` naming the bad
+        A rule with the same name on the same path replaces the earlier one; rules on other
+        paths are left alone, even when they share the name or ``key_prefix`` (a shared prefix
+        means a shared counter, see ``Rule``). A database rule on the same path takes
+        precedence (see ``resilience.middleware``). Raises ``ValueError`` naming the bad
         argument.
         """
         rule = make_rule(

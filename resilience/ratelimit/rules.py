@@ -101,11 +101,16 @@ class Rule:
 
 
 def parse_methods(methods: str | Iterable[str] | None) -> frozenset[str]:
+    """The methods a rule limits; ``GET`` includes ``HEAD``, which Django serves with the GET
+    view, so a GET-only limit cannot be escaped by asking for the same page with HEAD."""
     if not methods:
         return frozenset()
     if isinstance(methods, str):
         methods = methods.split(",")
-    return frozenset(m.strip().upper() for m in methods if m.strip())
+    parsed = {m.strip().upper() for m in methods if m.strip()}
+    if "GET" in parsed:
+        parsed.add("HEAD")
+    return frozenset(parsed)
 
 
 @dataclass(frozen=True)

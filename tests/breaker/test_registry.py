@@ -87,6 +87,21 @@ def test_policy_save__applies_to_this_process_memory_breaker_on_commit(
     assert breaker.stats()["state"] == "open"
 
 
+def test_policy_bulk_update__applies_to_the_running_breaker_keeping_state(
+    db, django_capture_on_commit_callbacks
+):
+    baker.make(BreakerPolicy, name="bulk", failure_threshold=5, timeout_seconds=30)
+    breaker = get_breaker("bulk")
+    for _ in range(2):
+        breaker.acquire().failure("down")
+    with django_capture_on_commit_callbacks(execute=True):
+        BreakerPolicy.objects.filter(name="bulk").update(failure_threshold=3)
+    assert breaker.policy.failure_threshold == 3
+    assert breaker.stats()["failure_count"] == 2
+    breaker.acquire().failure("down")
+    assert breaker.stats()["state"] == "open"
+
+
 def test_policy_save__disabling_reaches_the_running_breaker(db, django_capture_on_commit_callbacks):
     row = baker.make(BreakerPolicy, name="switch", enabled=True)
     breaker = get_breaker("switch")

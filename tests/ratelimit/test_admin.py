@@ -72,7 +72,7 @@ def test_admin__add_form_creates_a_rule_and_logs_it(admin_client):
     ("overrides", "field", "message"),
     [
         ({"calls": "0"}, "calls", "greater than or equal to 1"),
-        ({"calls": "-5"}, "calls", "greater than or equal to"),
+        ({"calls": "-5"}, "calls", "greater than or equal to 1"),
         ({"window_seconds": "0"}, "window_seconds", "greater than or equal to 1"),
         ({"window_seconds": "172800"}, "notes", "needs a note saying why"),
         ({"key": "cookie"}, "key", "Unknown key cookie"),

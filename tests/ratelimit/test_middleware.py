@@ -65,6 +65,22 @@ def test_middleware__all_or_nothing_with_two_rules(backend, client):
     assert get(client)["X-RateLimit-Remaining"] == "3"
 
 
+def test_middleware__code_rules_sharing_a_prefix_share_a_counter_on_both_paths(backend, client):
+    configure(path="/t/sync", calls=2, window_seconds=60, key_prefix="shared:")
+    configure(path="/t/other", calls=2, window_seconds=60, key_prefix="shared:")
+    statuses = [get(client, path).status_code for path in ("/t/sync", "/t/other", "/t/sync")]
+    assert statuses == [200, 200, 429]
+    assert get(client, "/t/other").status_code == 429
+
+
+def test_middleware__a_get_rule_also_limits_head(backend, client):
+    """Django answers HEAD with the GET view: a GET-only limit must not be escaped by HEAD."""
+    configure(path="/t/sync", calls=1, window_seconds=60, methods="GET")
+    assert get(client).status_code == 200
+    assert client.head("/t/sync").status_code == 429
+    assert client.post("/t/sync").status_code == 200
+
+
 def test_middleware__exempt_paths_and_the_default_limit(backend, client, settings):
     use_settings(settings, RATE_LIMIT_DEFAULT_CALLS=2, RATE_LIMIT_DEFAULT_WINDOW_SECONDS=60)
     assert [get(client, "/v1/health").status_code for _ in range(5)] == [200] * 5
@@ -124,6 +140,27 @@ def test_middleware__rule_saved_in_this_process_applies_at_once(
     with django_capture_on_commit_callbacks(execute=True):
         rule.delete()
     assert "X-RateLimit-Limit" not in get(client)
+
+
+def test_middleware__bulk_writes_apply_at_once(
+    backend, client, db, django_capture_on_commit_callbacks
+):
+    """``update()``, ``bulk_create()`` and ``bulk_update()`` send no ``post_save``; the rules'
+    queryset announces them, so code and shells that write rules in bulk are in force too."""
+    baker.make(RateLimitRule, name="live", path="/t/sync", calls=50, window_seconds=60)
+    assert get(client)["X-RateLimit-Limit"] == "50"
+    with django_capture_on_commit_callbacks(execute=True):
+        RateLimitRule.objects.filter(name="live").update(calls=7)
+    assert get(client)["X-RateLimit-Limit"] == "7"
+    with django_capture_on_commit_callbacks(execute=True):
+        (other,) = RateLimitRule.objects.bulk_create(
+            [RateLimitRule(name="other", path="/t/other", calls=9, window_seconds=60)]
+        )
+    assert get(client, "/t/other")["X-RateLimit-Limit"] == "9"
+    other.calls = 4
+    with django_capture_on_commit_callbacks(execute=True):
+        RateLimitRule.objects.bulk_update([other], ["calls"])
+    assert get(client, "/t/other")["X-RateLimit-Limit"] == "4"
 
 
 # Client identity through the whole stack ------------------------------------------------------

@@ -55,10 +55,13 @@ def get_async_client(alias: str) -> redis.asyncio.Redis:
 def _build_async_client(alias: str) -> redis.asyncio.Redis:
     cache = settings.CACHES[alias]
     location = cache["LOCATION"]
-    if isinstance(location, (list, tuple)):
-        location = location[0]  # django-redis treats the first location as the primary
+    if isinstance(location, str):
+        location = location.split(",")  # django-redis's own reading of a comma-separated string
+    location = location[0]  # django-redis treats the first location as the primary
     options = cache.get("OPTIONS", {})
-    kwargs: dict[str, Any] = {}
+    # The pool options django-redis hands redis-py (ssl, retries, max_connections, ...) mean the
+    # same to redis.asyncio; the explicit options below win, as they do in django-redis.
+    kwargs: dict[str, Any] = dict(options.get("CONNECTION_POOL_KWARGS", {}))
     if "SOCKET_CONNECT_TIMEOUT" in options:
         kwargs["socket_connect_timeout"] = options["SOCKET_CONNECT_TIMEOUT"]
     if "SOCKET_TIMEOUT" in options:

@@ -30,3 +30,28 @@ def test_redis__connection_errors_become_backend_unavailable(private_redis_backe
         translate_errors("default"),
     ):
         sync_script("default", ECHO)(keys=["k"], args=["v"])
+
+
+def test_redis__async_client_reads_location_and_pool_options_as_django_redis_does(
+    redis_backend, redis_client, settings
+):
+    """A comma-separated LOCATION names the primary first; CONNECTION_POOL_KWARGS apply too."""
+    cache = settings.CACHES["default"]
+    settings.CACHES = {
+        "default": {
+            **cache,
+            "LOCATION": f"{cache['LOCATION']},redis://127.0.0.1:1/0",
+            "OPTIONS": {
+                **cache.get("OPTIONS", {}),
+                "CONNECTION_POOL_KWARGS": {"client_name": "ag"},
+            },
+        }
+    }
+
+    async def scenario():
+        client = get_async_client("default")
+        await client.set("through-async", "1")
+        return await client.client_getname()
+
+    assert asyncio.run(scenario()) == "ag"
+    assert redis_client.get("through-async") == b"1"

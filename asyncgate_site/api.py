@@ -48,7 +48,7 @@ def _digest(key: str) -> str:
 def _tenants_by_key_digest() -> dict[str, uuid.UUID]:
     tenants = {}
     for key, tenant in settings.ASYNCGATE_API_KEYS.items():
-        tenants[_digest(key)] = uuid.UUID(str(tenant))
+        tenants[_digest(key)] = uuid.UUID(str(tenant))  # a UUID already, from settings
     return tenants
 
 

@@ -8,6 +8,7 @@ must stop start-up, not fall back silently to a default.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,35 @@ def env_mapping(name: str, environ: Mapping[str, str] | None = None) -> dict[str
     return result
 
 
+def env_api_keys(name: str, environ: Mapping[str, str] | None = None) -> dict[str, uuid.UUID]:
+    """``key=tenant-uuid,...``: API keys of the demo API and their tenants, checked at start-up.
+
+    The error names the item's position, never the key: the variable holds secrets.
+    """
+    tenants = {}
+    for position, (key, tenant) in enumerate(env_mapping(name, environ).items(), start=1):
+        try:
+            tenants[key] = uuid.UUID(tenant)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"Environment variable {name}: item {position} maps its key to {tenant!r}, "
+                "not a tenant UUID."
+            ) from None
+    return tenants
+
+
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def env_log_level(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+    value = env_str(name, default, environ).upper()
+    if value not in _LOG_LEVELS:
+        raise ImproperlyConfigured(
+            f"Environment variable {name} is {value!r}; expected one of {', '.join(_LOG_LEVELS)}."
+        )
+    return value
+
+
 _POSTGRES_SCHEMES = ("postgres", "postgresql", "pgsql")
 
 
@@ -150,6 +180,12 @@ def database_from_url(url: str, *, name: str = "DATABASE_URL", base_dir: Path) -
         # sqlite:////abs/path.db (absolute), sqlite:///rel/path.db (relative to the project),
         # sqlite://:memory: or sqlite:// (in memory).
         path = unquote(parts.path)
+        if parts.netloc not in ("", ":memory:"):
+            # sqlite://db.sqlite3 reads "db.sqlite3" as a host: a path with one slash too few.
+            raise ImproperlyConfigured(
+                f"Environment variable {name} is {url!r}: an SQLite URL has no host; use "
+                "sqlite:////absolute/path.sqlite3 or sqlite:///relative/path.sqlite3."
+            )
         if parts.netloc == ":memory:" or path in ("", "/", "/:memory:"):
             db_name: str | Path = ":memory:"
         elif path.startswith("//"):
@@ -171,6 +207,12 @@ def database_from_url(url: str, *, name: str = "DATABASE_URL", base_dir: Path) -
                 f"Environment variable {name} has an invalid port."
             ) from None
         options = dict(parse_qsl(parts.query))
+        conn_max_age = options.pop("conn_max_age", "0") or "0"
+        if not conn_max_age.isdigit():
+            raise ImproperlyConfigured(
+                f"Environment variable {name} has conn_max_age={conn_max_age!r}; expected a "
+                "number of seconds."
+            )
         entry: dict[str, Any] = {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": db,
@@ -178,7 +220,7 @@ def database_from_url(url: str, *, name: str = "DATABASE_URL", base_dir: Path) -
             "PASSWORD": unquote(parts.password or ""),
             "HOST": parts.hostname or "",
             "PORT": str(port or ""),
-            "CONN_MAX_AGE": int(options.pop("conn_max_age", 0) or 0),
+            "CONN_MAX_AGE": int(conn_max_age),
         }
         if options:
             entry["OPTIONS"] = options
@@ -200,4 +242,17 @@ def redis_url(name: str = "REDIS_URL", environ: Mapping[str, str] | None = None)
         raise ImproperlyConfigured(
             f"Environment variable {name} is not a redis:// , rediss:// or unix:// URL."
         )
+    if parts.scheme != "unix":
+        try:
+            parts.port  # noqa: B018 (urlsplit validates the port only when it is read)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"Environment variable {name} has an invalid port."
+            ) from None
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ImproperlyConfigured(
+                f"Environment variable {name} names database {db!r}; Redis databases are "
+                "numbers (redis://host:6379/0)."
+            )
     return value

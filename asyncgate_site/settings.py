@@ -8,11 +8,12 @@ from pathlib import Path
 
 from asyncgate_site.env import (
     database_from_url,
+    env_api_keys,
     env_bool,
     env_choice,
     env_int,
     env_list,
-    env_mapping,
+    env_log_level,
     env_str,
     env_url,
     redis_url,
@@ -22,7 +23,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
 
-# The fallback exists only for development; asyncgate_site.E001 refuses it when DEBUG is off.
+# The fallback exists only for development: asyncgate_site.E001 refuses it when DEBUG is off, and
+# so do the WSGI and ASGI entry points, which servers load without running system checks.
 DEVELOPMENT_SECRET_KEY = "django-insecure-asyncgate-development-only"
 SECRET_KEY = env_str("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
 
@@ -104,7 +106,7 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # API keys of the demo AsyncGate API, mapped to tenant UUIDs: "key=tenant-uuid,key2=...".
-ASYNCGATE_API_KEYS = env_mapping("ASYNCGATE_API_KEYS")
+ASYNCGATE_API_KEYS = env_api_keys("ASYNCGATE_API_KEYS")
 
 RESILIENCE = {
     "RATE_LIMIT_ENABLED": env_bool("RATE_LIMIT_ENABLED", False),
@@ -117,6 +119,7 @@ RESILIENCE = {
     "RATE_LIMIT_TRUSTED_PROXIES": env_list("RATE_LIMIT_TRUSTED_PROXIES", []),
     "MEMORYGATE_URL": env_url("MEMORYGATE_URL"),
     "MEMORYGATE_API_KEY": env_str("MEMORYGATE_API_KEY"),
+    "METRICS_TOKEN": env_str("METRICS_TOKEN"),
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -142,6 +145,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "resilience": {"handlers": ["console"], "level": env_str("RESILIENCE_LOG_LEVEL", "INFO")},
+        "resilience": {
+            "handlers": ["console"],
+            "level": env_log_level("RESILIENCE_LOG_LEVEL", "INFO"),
+        },
     },
 }

@@ -116,6 +116,8 @@ def test_checks__development_secret_key_refused_outside_debug(settings):
     settings.DEBUG = False
     settings.SECRET_KEY = settings.DEVELOPMENT_SECRET_KEY
     assert ids(check_secret_key()) == ["asyncgate_site.E001"]
+    # Registered with Django's framework, so `manage.py check` and runserver refuse it too.
+    assert "asyncgate_site.E001" in ids(run_checks(tags=["security"]))
     settings.DEBUG = True
     assert check_secret_key() == []
     settings.DEBUG = False

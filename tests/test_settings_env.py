@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,8 @@ def test_database_from_url__postgres_with_credentials_port_and_options():
         ("mysql://root@localhost/app", "scheme 'mysql'"),
         ("postgres://postgres@127.0.0.1:5432/", "names no database"),
         ("postgres://postgres@127.0.0.1:99999/test", "invalid port"),
+        ("postgres://postgres@127.0.0.1/test?conn_max_age=abc", "conn_max_age='abc'"),
+        ("sqlite://db.sqlite3", "an SQLite URL has no host"),
     ],
 )
 def test_database_from_url__malformed_urls_name_the_variable(url, message):
@@ -115,6 +118,35 @@ def test_redis_url__rejects_other_schemes_without_echoing_the_value():
         env.redis_url("REDIS_URL", {"REDIS_URL": "http://:hunter2@cache:6379"})
     assert "REDIS_URL" in str(excinfo.value)
     assert "hunter2" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://cache:abc/0", "invalid port"),
+        ("redis://cache:6379/notadb", "names database 'notadb'"),
+    ],
+)
+def test_redis_url__malformed_port_or_database_names_the_variable(url, message):
+    with pytest.raises(ImproperlyConfigured, match=message) as excinfo:
+        env.redis_url("REDIS_URL", {"REDIS_URL": url})
+    assert "REDIS_URL" in str(excinfo.value)
+    assert env.redis_url("REDIS_URL", {"REDIS_URL": "redis://cache:6379/2"})
+
+
+def test_env_api_keys__maps_keys_to_tenant_uuids_without_echoing_a_key():
+    tenant = "6f1c1c52-8f7e-4a53-9d0c-8c7f0e0b5b11"
+    keys = env.env_api_keys("KEYS", {"KEYS": f"k1={tenant}"})
+    assert keys == {"k1": uuid.UUID(tenant)}
+    with pytest.raises(ImproperlyConfigured, match="item 2 maps its key to 'nope'") as excinfo:
+        env.env_api_keys("KEYS", {"KEYS": f"k1={tenant},secret-key=nope"})
+    assert "secret-key" not in str(excinfo.value)
+
+
+def test_env_log_level__accepts_level_names_only():
+    assert env.env_log_level("LEVEL", "INFO", {"LEVEL": "debug"}) == "DEBUG"
+    with pytest.raises(ImproperlyConfigured, match="LEVEL is 'LOUD'"):
+        env.env_log_level("LEVEL", "INFO", {"LEVEL": "loud"})
 
 
 def _start_site(environ: dict[str, str]) -> subprocess.CompletedProcess:
@@ -140,6 +172,9 @@ def _start_site(environ: dict[str, str]) -> subprocess.CompletedProcess:
         ("RATE_LIMIT_BACKEND", "disk"),
         ("MEMORYGATE_URL", "memorygate"),
         ("ASYNCGATE_API_KEYS", "no-equals-sign"),
+        ("ASYNCGATE_API_KEYS", "demo=not-a-uuid"),
+        ("RESILIENCE_LOG_LEVEL", "LOUD"),
+        ("REDIS_URL", "redis://cache:abc/0"),
     ],
 )
 def test_settings__malformed_environment_stops_startup_naming_the_variable(variable, value):
@@ -167,3 +202,45 @@ def test_settings__redis_url_switches_the_default_cache_to_django_redis():
         timeout=60,
     )
     assert result.stdout.split() == ["django_redis.cache.RedisCache", "redis"], result.stderr
+
+
+def _load_entry_point(module: str, environ: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        env={"PATH": "/usr/bin:/bin", **environ},
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("module", ["asyncgate_site.wsgi", "asyncgate_site.asgi"])
+def test_entry_points__refuse_the_development_secret_key_outside_debug(module):
+    """gunicorn and uvicorn load these without running system checks."""
+    refused = _load_entry_point(module, {"DEBUG": "false"})
+    assert refused.returncode != 0
+    assert "ImproperlyConfigured: SECRET_KEY is the development fallback" in refused.stderr
+    assert _load_entry_point(module, {"DEBUG": "true"}).returncode == 0, refused.stderr
+    served = _load_entry_point(module, {"DEBUG": "false", "SECRET_KEY": "s" * 50})
+    assert served.returncode == 0, served.stderr
+
+
+def test_settings__metrics_token_comes_from_the_environment():
+    code = (
+        "import django; django.setup(); from resilience.conf import resilience_settings; "
+        "print(resilience_settings.METRICS_TOKEN)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DJANGO_SETTINGS_MODULE": "asyncgate_site.settings",
+            "METRICS_TOKEN": "t" * 32,
+        },
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "t" * 32, result.stderr

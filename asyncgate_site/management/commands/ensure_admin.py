@@ -31,7 +31,8 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"Admin login created at {url}"))
             self.stdout.write(f"  username: {username}\n  password: {password}")
             self.stdout.write(
-                "  (shown once; change it with: python manage.py changepassword admin)"
+                "  (shown once; change it with: "
+                f".venv/bin/python manage.py changepassword {username})"
             )
         else:
             self.stdout.write(f"Admin login: user {username!r} at {url}.")

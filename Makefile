@@ -33,11 +33,12 @@ run: install
 # The whole suite against real Redis (started here if installed but not running).
 test: install-dev services
 	@if [ -x "$(CHROMIUM)" ]; then \
-	  echo "Browser test: on (Chromium at $(CHROMIUM); screenshots in test-artifacts/)."; \
+	  echo "Browser test: on (Chromium at $(CHROMIUM); screenshots in $${TEST_ARTIFACTS_DIR:-test-artifacts/})."; \
 	else \
 	  echo "Browser test: SKIPPED, no Chromium at $(CHROMIUM) (apt-get install chromium)."; \
 	fi
-	CHROMIUM_PATH=$(CHROMIUM) $(PY) -m pytest $(PYTEST_ARGS)
+	@# REDIS_URL configures a developer's site; the suite uses its own Redis (TEST_REDIS_URL).
+	env -u REDIS_URL CHROMIUM_PATH=$(CHROMIUM) $(PY) -m pytest $(PYTEST_ARGS)
 
 services:
 	@bash scripts/ensure-services.sh
@@ -58,4 +59,4 @@ bench: install-dev services
 	$(PY) bench/drain.py
 
 clean:
-	rm -rf $(VENV) db.sqlite3 db.sqlite3.test staticfiles .pytest_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) db.sqlite3* staticfiles .pytest_cache .ruff_cache test-artifacts

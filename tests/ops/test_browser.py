@@ -4,10 +4,12 @@ A staff member logs in, lowers a rule from 5 to 2 calls and the third request to
 refused with 429; then, with the circuit opened by real failures of the stub MemoryGate, resets it
 from the status page, and the next receipt is delivered. Counters and breaker state are in real
 Redis; the server is pytest-django's ``live_server`` (a threaded WSGI server in this process, so
-the test and the server share settings). Screenshots of each step go to ``test-artifacts/``.
+the test and the server share settings). Screenshots of each step go to ``test-artifacts/``
+(``TEST_ARTIFACTS_DIR`` to change).
 
 Skipped, with the reason in pytest's ``-ra`` summary, when Playwright or Chromium is missing
-(``apt-get install chromium``; ``playwright install`` cannot download browsers here).
+(``apt-get install chromium``; ``playwright install`` cannot download browsers here), unless
+``REQUIRE_BROWSER`` is set, as CI sets it: then a missing browser fails the run.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+# .ci/run gives each run (SQLite, PostgreSQL) its own folder, so one does not overwrite the other.
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or PROJECT_ROOT / "test-artifacts")
 PASSWORD = "browser-test-pass-123"
 TIMEOUT_MS = 15_000
 
@@ -46,17 +49,27 @@ try:
 except ImportError:  # pragma: no cover - the skip below says why
     sync_playwright = None
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        sync_playwright is None,
-        reason="browser test: playwright is not installed (pip install -r requirements-dev.txt)",
-    ),
-    pytest.mark.skipif(
-        not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)),
-        reason=f"browser test: Chromium not found at {CHROMIUM} (apt-get install chromium)",
-    ),
-]
+pytestmark = pytest.mark.browser
+
+
+def _missing() -> str | None:
+    if sync_playwright is None:
+        return "playwright is not installed (pip install -r requirements-dev.txt)"
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        return f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _browser_available() -> None:
+    """Skipped where the browser is missing, with the reason in ``-ra``; a failure instead when
+    ``REQUIRE_BROWSER`` is set (``.ci/run`` sets it: CI must not pass on a skipped browser)."""
+    missing = _missing()
+    if missing is None:
+        return
+    if os.environ.get("REQUIRE_BROWSER"):
+        pytest.fail(f"browser test required (REQUIRE_BROWSER) but {missing}", pytrace=False)
+    pytest.skip(f"browser test: {missing}")
 
 
 T = TypeVar("T")
@@ -84,7 +97,7 @@ def page(request) -> Iterator[Page]:
         pass
     else:  # pragma: no cover - a guard: the sync API refuses to run inside a loop
         pytest.fail("Playwright's sync API cannot run inside a running asyncio loop.")
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS

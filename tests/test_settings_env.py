@@ -149,19 +149,19 @@ def test_env_log_level__accepts_level_names_only():
         env.env_log_level("LEVEL", "INFO", {"LEVEL": "loud"})
 
 
-def _start_site(environ: dict[str, str]) -> subprocess.CompletedProcess:
+def _python(code: str, environ: dict[str, str]) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter whose environment is ``environ`` and nothing else."""
     return subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()"],
-        env={
-            "PATH": "/usr/bin:/bin",
-            "DJANGO_SETTINGS_MODULE": "asyncgate_site.settings",
-            **environ,
-        },
+        [sys.executable, "-c", code],
+        env={"PATH": "/usr/bin:/bin", **environ},
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+SETTINGS = {"DJANGO_SETTINGS_MODULE": "asyncgate_site.settings"}
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,7 @@ def _start_site(environ: dict[str, str]) -> subprocess.CompletedProcess:
     ],
 )
 def test_settings__malformed_environment_stops_startup_naming_the_variable(variable, value):
-    result = _start_site({variable: value})
+    result = _python("import django; django.setup()", {**SETTINGS, variable: value})
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert variable in result.stderr
@@ -189,40 +189,18 @@ def test_settings__redis_url_switches_the_default_cache_to_django_redis():
         "import django; django.setup(); from django.conf import settings; "
         "print(settings.CACHES['default']['BACKEND'], settings.RESILIENCE['RATE_LIMIT_BACKEND'])"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env={
-            "PATH": "/usr/bin:/bin",
-            "DJANGO_SETTINGS_MODULE": "asyncgate_site.settings",
-            "REDIS_URL": "redis://127.0.0.1:6379/3",
-        },
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python(code, {**SETTINGS, "REDIS_URL": "redis://127.0.0.1:6379/3"})
     assert result.stdout.split() == ["django_redis.cache.RedisCache", "redis"], result.stderr
-
-
-def _load_entry_point(module: str, environ: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", f"import {module}"],
-        env={"PATH": "/usr/bin:/bin", **environ},
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.mark.parametrize("module", ["asyncgate_site.wsgi", "asyncgate_site.asgi"])
 def test_entry_points__refuse_the_development_secret_key_outside_debug(module):
     """gunicorn and uvicorn load these without running system checks."""
-    refused = _load_entry_point(module, {"DEBUG": "false"})
+    refused = _python(f"import {module}", {"DEBUG": "false"})
     assert refused.returncode != 0
     assert "ImproperlyConfigured: SECRET_KEY is the development fallback" in refused.stderr
-    assert _load_entry_point(module, {"DEBUG": "true"}).returncode == 0, refused.stderr
-    served = _load_entry_point(module, {"DEBUG": "false", "SECRET_KEY": "s" * 50})
+    assert _python(f"import {module}", {"DEBUG": "true"}).returncode == 0, refused.stderr
+    served = _python(f"import {module}", {"DEBUG": "false", "SECRET_KEY": "s" * 50})
     assert served.returncode == 0, served.stderr
 
 
@@ -231,16 +209,5 @@ def test_settings__metrics_token_comes_from_the_environment():
         "import django; django.setup(); from resilience.conf import resilience_settings; "
         "print(resilience_settings.METRICS_TOKEN)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env={
-            "PATH": "/usr/bin:/bin",
-            "DJANGO_SETTINGS_MODULE": "asyncgate_site.settings",
-            "METRICS_TOKEN": "t" * 32,
-        },
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python(code, {**SETTINGS, "METRICS_TOKEN": "t" * 32})
     assert result.stdout.strip() == "t" * 32, result.stderr

@@ -1,10 +1,14 @@
 """Admin for breaker policies: live state beside the numbers, operator actions, explained limits.
 
 The list shows each breaker's state as the fleet sees it (read from the breaker's store, so with
-Redis it is the shared state), its consecutive failures, when it opened and its last error. Saving
-a policy writes its numbers to the running fleet on commit (``resilience.breaker.registry``) and
-leaves the breaker's state as it is. Actions (reset, force open, force closed, clear override)
-report how many breakers they changed and land in the admin history through ``log_change``.
+Redis it is the shared state), its consecutive failures, when it opened and its last error. With
+Redis unreachable the store can only offer this process's own fallback view: the state then reads
+"unknown", that view is named as such, and the fleet's counts show as "-". Saving a policy writes
+its numbers to the running fleet on commit (``resilience.breaker.registry``) and leaves the
+breaker's state as it is; when Redis is unreachable staff get a warning instead of a silent
+success (the process writes the policy once Redis answers). Actions (reset, force open, force
+closed, clear override) report how many breakers they changed and land in the admin history
+through ``log_change``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -22,6 +27,8 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from resilience.breaker import Breaker, get_breaker
+from resilience.breaker.registry import policy_unapplied
+from resilience.breaker.stores.memory import FALLBACK_STORE
 from resilience.exceptions import BackendUnavailable
 from resilience.models import BreakerPolicy
 
@@ -45,6 +52,7 @@ AT_LEAST_ONE = {
 }
 
 STATE_COLOURS = {"closed": "#2e7d32", "half_open": "#ef6c00", "open": "#c62828"}
+UNKNOWN_COLOUR = "#757575"
 STATE_LABELS = {"closed": _("closed"), "half_open": _("half-open"), "open": _("open")}
 OVERRIDE_LABELS = {"force_open": _("forced open"), "force_closed": _("forced closed")}
 
@@ -139,6 +147,30 @@ class BreakerPolicyAdmin(admin.ModelAdmin):
     )
     actions = ("reset_circuits", "force_open_circuits", "force_closed_circuits", "clear_overrides")
 
+    # ------------------------------------------------------------------ saving
+
+    def save_model(
+        self, request: HttpRequest, obj: BreakerPolicy, form: forms.ModelForm, change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        name = obj.name
+        # The registry pushes the row to the store on commit, from a callback registered during
+        # save(); callbacks run in the order registered, so this one sees how the push went.
+        transaction.on_commit(lambda: self._warn_if_unapplied(request, name), using=obj._state.db)
+
+    def _warn_if_unapplied(self, request: HttpRequest, name: str) -> None:
+        if policy_unapplied(name):
+            self.message_user(
+                request,
+                _(
+                    "The policy “%(name)s” is saved, but the running workers still use the "
+                    "previous numbers: the shared store (Redis) is unreachable. This server "
+                    "writes the policy there when Redis answers again."
+                )
+                % {"name": name},
+                messages.WARNING,
+            )
+
     # ------------------------------------------------------------------ live columns
 
     def _stats(self, obj: BreakerPolicy) -> dict[str, Any] | None:
@@ -149,6 +181,11 @@ class BreakerPolicyAdmin(admin.ModelAdmin):
             except (LookupError, BackendUnavailable):
                 obj._live_stats = None
         return obj._live_stats
+
+    def _fleet_stats(self, obj: BreakerPolicy) -> dict[str, Any] | None:
+        """The stats if they are the fleet's, None if only this process's fallback answered."""
+        stats = self._stats(obj)
+        return None if stats is None or stats.get("store") == FALLBACK_STORE else stats
 
     @admin.display(description=_("state"))
     def live_state(self, obj: BreakerPolicy) -> str:
@@ -162,23 +199,33 @@ class BreakerPolicyAdmin(admin.ModelAdmin):
             label = f"{OVERRIDE_LABELS.get(override, override)} ({label})"
         if not obj.enabled:
             label = f"{label}, {_('disabled')}"
+        if stats.get("store") == FALLBACK_STORE:
+            # Only this process's own judgement since Redis stopped answering: the fleet's
+            # state is unknown here, so nothing is coloured as if it were known.
+            return format_html(
+                '<strong style="color: {}">{}</strong><br><small>{}: {}</small>',
+                UNKNOWN_COLOUR,
+                _("unknown"),
+                _("Redis unreachable: this worker's own view"),
+                label,
+            )
         return format_html(
             '<strong style="color: {}">{}</strong>', STATE_COLOURS.get(state, "inherit"), label
         )
 
     @admin.display(description=_("consecutive failures"))
     def consecutive_failures(self, obj: BreakerPolicy) -> int | str:
-        stats = self._stats(obj)
+        stats = self._fleet_stats(obj)
         return "-" if stats is None else stats["failure_count"]
 
     @admin.display(description=_("opened at"))
     def opened_at(self, obj: BreakerPolicy) -> Any:
-        stats = self._stats(obj)
+        stats = self._fleet_stats(obj)
         return (stats or {}).get("opened_at") or "-"
 
     @admin.display(description=_("last error"))
     def last_error(self, obj: BreakerPolicy) -> str:
-        stats = self._stats(obj)
+        stats = self._fleet_stats(obj)
         error = (stats or {}).get("last_error") or "-"
         return error if len(error) <= 80 else error[:79] + "…"
 

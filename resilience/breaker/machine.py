@@ -11,7 +11,11 @@ States and rules (DESIGN.md, "Circuit breaker semantics"):
   ``success_threshold`` larger than ``half_open_max_calls`` still closes the circuit; a probe
   whose worker died gives it back when the lease expires. ``success_threshold`` consecutive probe
   successes close the circuit; any probe failure re-opens it (a fresh ``timeout_seconds``).
-  An ignored probe (neither success nor failure) only frees its slot.
+  An ignored probe (neither success nor failure) only frees its slot. A probe's outcome drives
+  only the half-open period that admitted it: each entry into HALF_OPEN starts a new period
+  (``probe_epoch``, named in the probe's token), so a slow probe admitted before the circuit
+  re-opened counts in the totals only, never towards closing or re-opening a later period. Within
+  its own period a probe counts even after its lease expired (it was slow, not dead).
 * Operator override: ``force_open`` refuses every call, ``force_closed`` admits every call and
   records outcomes in the totals without moving the state. Clearing the override resumes the
   automatic state where it stood.
@@ -183,6 +187,29 @@ def clip_error(error: str) -> str:
     return text[:MAX_ERROR_LENGTH]
 
 
+def probe_epoch_of(token: str) -> int | None:
+    """The half-open period named by a probe token (``"<epoch>:<random>"``), None if none."""
+    epoch, separator, _ = token.partition(":")
+    return int(epoch) if separator and epoch.isdigit() else None
+
+
+# The fields a circuit shares with the Redis store's snapshot, besides the policy (a snapshot
+# counts probe leases but holds none, and knows no epoch).
+_VIEW_FIELDS = (
+    "state",
+    "failures",
+    "successes",
+    "opened_at",
+    "state_since",
+    "last_failure_time",
+    "last_error",
+    "calls",
+    "total_failures",
+    "total_successes",
+    "rejections",
+)
+
+
 @dataclass
 class Circuit:
     """One breaker's whole state; callers serialise access (the memory store holds a lock)."""
@@ -201,6 +228,20 @@ class Circuit:
     total_successes: int = 0
     rejections: int = 0
     probes: dict[str, float] = field(default_factory=dict)  # slot token -> lease expiry
+    probe_epoch: int = 0  # bumped on every entry into HALF_OPEN; prefixes each probe's token
+
+    @classmethod
+    def from_view(cls, view: Any, *, probe_epoch: int = 0) -> Circuit:
+        """A circuit in the state of ``view`` (a Redis store's snapshot), without probe leases.
+
+        The leases stay where they were granted (in Redis); only the state, counts and policy
+        carry over, so a circuit the fleet opened stays open here until its own timeout.
+        """
+        return cls(
+            policy=view.policy,
+            probe_epoch=probe_epoch,
+            **{name: getattr(view, name) for name in _VIEW_FIELDS},
+        )
 
     def acquire(self, now: float, new_token: Callable[[], str], lease_seconds: float) -> Admission:
         override = self.policy.override
@@ -225,7 +266,7 @@ class Circuit:
             self.rejections += 1
             earliest = min(self.probes.values()) - now
             return Admission(None, retry_after=max(0.0, min(earliest, HALF_OPEN_RETRY_AFTER_CAP)))
-        token = new_token()
+        token = f"{self.probe_epoch}:{new_token()}"
         self.probes[token] = now + lease_seconds
         self.calls += 1
         if transition is not None:
@@ -235,13 +276,18 @@ class Circuit:
     def settle(self, ticket: Ticket, outcome: Outcome, error: str, now: float) -> Transition | None:
         if ticket.kind == PermitKind.BYPASS:
             return None
-        if ticket.kind == PermitKind.PROBE:
+        kind = ticket.kind
+        if kind == PermitKind.PROBE:
             self.probes.pop(ticket.token, None)
+            if probe_epoch_of(ticket.token) != self.probe_epoch:
+                # Admitted in an earlier half-open period: like a forced call, it only counts
+                # in the totals.
+                kind = PermitKind.FORCED
         if outcome == Outcome.IGNORE:
             return None
         if outcome == Outcome.SUCCESS:
-            return self._on_success(ticket.kind, now)
-        return self._on_failure(ticket.kind, clip_error(error), now)
+            return self._on_success(kind, now)
+        return self._on_failure(kind, clip_error(error), now)
 
     def _on_success(self, kind: PermitKind, now: float) -> Transition | None:
         self.total_successes += 1
@@ -287,6 +333,8 @@ class Circuit:
         self.probes.clear()
         if state == State.OPEN:
             self.opened_at = now
+        elif state == State.HALF_OPEN:
+            self.probe_epoch += 1
         elif state == State.CLOSED:
             self.failures = 0
             self.opened_at = None

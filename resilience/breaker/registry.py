@@ -2,12 +2,15 @@
 
 * ``get_breaker(name)`` loads the row once per process (``aget_breaker`` does it through
   ``sync_to_async``), picks the store the settings ask for (Redis on ``RATE_LIMIT_CACHE_ALIAS``
-  when ``RATE_LIMIT_BACKEND == "redis"``, else memory) and caches the breaker. No row: the
-  ``memorygate`` breaker runs on the ``MEMORYGATE_CIRCUIT_BREAKER_*`` defaults; any other name is a
-  ``LookupError``. After that the call path never queries the database.
+  when ``RATE_LIMIT_BACKEND == "redis"``, with a refresh timeout of twice that cache's socket
+  timeout; else memory) and caches the breaker. No row: the ``memorygate`` breaker runs on the
+  ``MEMORYGATE_CIRCUIT_BREAKER_*`` defaults; any other name is a ``LookupError``. After that the
+  call path never queries the database.
 * A saved row reaches the running fleet without a restart: on commit its numbers are written to
   the breaker's store (the Redis hash, which every worker re-reads within ``snapshot_max_age``; or
-  this process's memory store), leaving the breaker's state as it is.
+  this process's memory store), leaving the breaker's state as it is. Redis unreachable at that
+  moment, the store keeps the policy and writes it once Redis answers this process again;
+  ``policy_unapplied(name)`` says whether one is waiting (the admin tells staff).
 * Operator overrides are written to the row (for the admin) and to the store (for the fleet).
 * Changing ``RESILIENCE`` or ``CACHES`` (tests) forgets every breaker; ``forget_breakers()`` does
   it explicitly for tests that want a fresh memory state.
@@ -22,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.signals import setting_changed
 from django.db import connections, transaction
 from django.db.models.signals import post_delete, post_save
@@ -31,7 +35,7 @@ from django.utils import timezone
 from resilience.breaker.circuit import Breaker
 from resilience.breaker.machine import Override, Policy
 from resilience.breaker.stores.memory import MemoryStore
-from resilience.breaker.stores.redis import RedisStore
+from resilience.breaker.stores.redis import DEFAULT_REFRESH_TIMEOUT, RedisStore
 from resilience.conf import resilience_settings
 from resilience.exceptions import BackendUnavailable
 from resilience.signals import policy_rows_changed
@@ -82,10 +86,24 @@ def load_policy(name: str) -> Policy:
     )
 
 
+def refresh_timeout(alias: str) -> float:
+    """How long a snapshot refresh on cache ``alias`` may run before it counts as abandoned.
+
+    Twice the longer of the cache's socket timeouts, which bound one attempt (connect, then
+    read); a cache without both runs on ``DEFAULT_REFRESH_TIMEOUT``.
+    """
+    options = settings.CACHES.get(alias, {}).get("OPTIONS", {})
+    connect, read = options.get("SOCKET_CONNECT_TIMEOUT"), options.get("SOCKET_TIMEOUT")
+    if connect is None or read is None:
+        return DEFAULT_REFRESH_TIMEOUT
+    return 2 * max(float(connect), float(read))
+
+
 def build_breaker(name: str, policy: Policy) -> Breaker:
     """A breaker on the store the settings choose (not cached; ``get_breaker`` caches)."""
     if resilience_settings.RATE_LIMIT_BACKEND == "redis":
-        store: Any = RedisStore(name, policy, alias=resilience_settings.RATE_LIMIT_CACHE_ALIAS)
+        alias = resilience_settings.RATE_LIMIT_CACHE_ALIAS
+        store: Any = RedisStore(name, policy, alias=alias, refresh_timeout=refresh_timeout(alias))
     else:
         store = MemoryStore(name, policy)
     return Breaker(name, store, persist_override=persist_override)
@@ -149,20 +167,30 @@ def persist_override(name: str, override: Override) -> None:
     )
 
 
-def apply_policy(name: str, policy: Policy) -> None:
-    """Push a saved policy to the store of ``name`` (the fleet, with Redis), state untouched."""
+def apply_policy(name: str, policy: Policy) -> bool:
+    """Push a saved policy to the store of ``name`` (the fleet, with Redis), state untouched.
+
+    False: the store is unreachable; it keeps the policy and delivers it later.
+    """
     breaker = _cache(name, policy)
     try:
         breaker.store.configure(policy)
     except BackendUnavailable as exc:
         logger.error(
             "Breaker policy %r was saved but its store is unreachable (%s); running workers keep "
-            "the previous numbers until the policy is saved again with Redis up.",
+            "the previous numbers until this process reaches Redis again and writes it.",
             name,
             exc,
         )
-        return
+        return False
     logger.info("Breaker policy %r applied: %s.", name, policy.as_dict())
+    return True
+
+
+def policy_unapplied(name: str) -> bool:
+    """True while a saved policy of ``name`` waits in this process for its store to answer."""
+    breaker = _breakers.get(name)
+    return breaker is not None and breaker.store.unapplied_policy is not None
 
 
 @receiver(post_save, sender="resilience.BreakerPolicy", dispatch_uid="resilience.breaker.saved")

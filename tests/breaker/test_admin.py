@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.contrib.admin.models import LogEntry
 from model_bakery import baker
@@ -160,3 +162,51 @@ def test_change_form__threshold_edit_applies_to_the_running_fleet_keeping_state(
     worker.acquire().failure("down")
     assert worker.stats()["state"] == "open"
     assert LogEntry.objects.filter(object_id=str(policy.pk)).exists()
+
+
+def test_changelist__redis_unreachable_shows_the_state_unknown_not_this_workers_view(
+    admin_client, private_redis_backend, billing
+):
+    get_breaker("billing").stats()  # the admin's own process last saw the circuit closed
+    fleet_worker = Breaker("billing", RedisStore("billing", Policy(failure_threshold=2)))
+    for _ in range(2):
+        fleet_worker.acquire().failure("HTTP 503 from billing")
+    private_redis_backend.stop()
+
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert '<strong style="color: #757575">unknown</strong>' in html
+    assert "Redis unreachable: this worker&#x27;s own view: closed" in html
+    assert "#2e7d32" not in html  # nothing coloured as a known, healthy state
+    assert '<td class="field-consecutive_failures">-</td>' in html
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_change_form__threshold_edit_with_redis_down_warns_and_reaches_the_fleet_later(
+    admin_client, private_redis_backend
+):
+    policy = baker.make(BreakerPolicy, name="live", failure_threshold=5, timeout_seconds=60)
+    worker = Breaker("live", RedisStore("live", Policy(failure_threshold=5), snapshot_max_age=0))
+    worker.stats()
+    admin_side = get_breaker("live")  # the breaker of the process serving the admin
+    admin_side.store.retry_interval = 0.05
+    admin_side.stats()
+    private_redis_backend.stop()
+
+    response = admin_client.post(
+        change_url(policy), form_data(policy, failure_threshold=2), follow=True
+    )
+    warnings = [str(m) for m in response.context["messages"] if m.level_tag == "warning"]
+    assert len(warnings) == 1
+    assert "running workers still use the previous numbers" in warnings[0]
+    assert BreakerPolicy.objects.get(pk=policy.pk).failure_threshold == 2
+
+    private_redis_backend.start()
+    time.sleep(0.1)
+    assert worker.stats()["policy"]["failure_threshold"] == 5
+    admin_client.get(CHANGELIST)  # the admin process's first round trip writes the policy
+    assert worker.stats()["policy"]["failure_threshold"] == 2
+    response = admin_client.post(
+        change_url(policy), form_data(policy, failure_threshold=3), follow=True
+    )
+    assert not [m for m in response.context["messages"] if m.level_tag == "warning"]
+    assert worker.stats()["policy"]["failure_threshold"] == 3

@@ -164,3 +164,70 @@ def test_enabled__inside_an_event_loop_refreshes_without_blocking(redis_backend)
         return first, stale, worker.enabled
 
     assert asyncio.run(scenario()) == (False, False, True)
+
+
+def test_poll__a_refresh_cancelled_before_it_ran_leaves_nothing_behind(redis_backend):
+    admin = RedisStore("cancelled", Policy())
+    admin.configure(Policy(enabled=False))
+    worker = Breaker("cancelled", RedisStore("cancelled", Policy(), snapshot_max_age=0.05))
+    worker.stats()
+    time.sleep(0.1)
+
+    async def shut_down_early():
+        assert worker.enabled is False  # schedules a refresh on this loop
+        for task in asyncio.all_tasks():  # a server shutting down before it got its turn
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.sleep(0)
+
+    asyncio.run(shut_down_early())
+    admin.configure(Policy(enabled=True))
+    time.sleep(0.1)
+    assert worker.enabled is True
+
+
+def left_behind_refresh(store: RedisStore) -> None:
+    """Schedule a refresh on an event loop that closes before the refresh ever runs."""
+
+    async def refresh():
+        store.poll()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(refresh())
+        never_run = asyncio.all_tasks(loop)
+    finally:
+        loop.close()
+    for task in never_run:
+        task.get_coro().close()  # so it warns of nothing when collected
+
+
+def test_poll__a_refresh_left_behind_by_a_closed_event_loop_is_given_up(redis_backend):
+    admin = RedisStore("abandoned", Policy())
+    admin.configure(Policy(enabled=False))
+    store = RedisStore("abandoned", Policy(), snapshot_max_age=0.05, refresh_timeout=0.3)
+    worker = Breaker("abandoned", store)
+    worker.stats()
+    time.sleep(0.1)
+    left_behind_refresh(store)
+    admin.configure(Policy(enabled=True))
+    deadline = time.monotonic() + 2
+    while not worker.enabled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.enabled is True
+
+
+def test_snapshot__a_refresh_left_behind_does_not_hide_a_circuit_the_fleet_opened(redis_backend):
+    policy = Policy(failure_threshold=1)
+    opener = Breaker("hidden", RedisStore("hidden", policy))
+    store = RedisStore("hidden", policy, snapshot_max_age=0.05, refresh_timeout=0.3)
+    worker = Breaker("hidden", store)
+    worker.acquire().success()
+    time.sleep(0.1)
+    left_behind_refresh(store)
+    opener.acquire().failure("down")
+    deadline = time.monotonic() + 2
+    with pytest.raises(CircuitOpen):  # calls until the worker sees the circuit open
+        while time.monotonic() < deadline:
+            worker.acquire().success()
+            time.sleep(0.05)

@@ -129,3 +129,7 @@ def test_get_breaker__new_process_starts_with_the_persisted_override(db):
     baker.make(BreakerPolicy, name="held", override=BreakerOverride.FORCE_OPEN)
     with pytest.raises(CircuitOpen):
         get_breaker("held").acquire()
+
+
+def test_get_breaker__redis_refresh_timeout_is_twice_the_cache_socket_timeout(db, redis_backend):
+    assert get_breaker("memorygate").store.refresh_timeout == 4.0  # the suite's 2 s timeouts

@@ -183,6 +183,37 @@ def test_half_open__late_success_of_an_expired_probe_still_counts(make_breaker, 
     assert breaker.stats()["state"] == "closed"
 
 
+def test_half_open__a_probe_admitted_before_the_circuit_reopened_does_not_close_it(
+    make_breaker, clock
+):
+    breaker = half_open(make_breaker, clock, half_open_max_calls=2, success_threshold=2)
+    stale, reopener = breaker.acquire(), breaker.acquire()
+    reopener.failure("still down")
+    clock.advance(10)
+    fresh = breaker.acquire()  # a new half-open period
+    stale.success()
+    stats = breaker.stats()
+    assert (stats["state"], stats["success_count"]) == ("half_open", 0)
+    assert stats["total_successes"] == 1  # the totals still count it
+    fresh.success()
+    stats = breaker.stats()
+    assert (stats["state"], stats["success_count"]) == ("half_open", 1)
+
+
+def test_half_open__a_late_failure_of_an_earlier_period_probe_does_not_reopen(make_breaker, clock):
+    breaker = half_open(make_breaker, clock, half_open_max_calls=2, success_threshold=1)
+    stale, reopener = breaker.acquire(), breaker.acquire()
+    reopener.failure("still down")
+    clock.advance(10)
+    fresh = breaker.acquire()
+    stale.failure("late news from the previous period")
+    stats = breaker.stats()
+    assert (stats["state"], stats["probes_in_flight"]) == ("half_open", 1)
+    assert stats["last_error"] == "late news from the previous period"
+    fresh.success()
+    assert breaker.stats()["state"] == "closed"
+
+
 def test_override__force_open_refuses_even_when_closed(make_breaker):
     breaker = make_breaker(timeout_seconds=7)
     breaker.force_open()

@@ -19,6 +19,10 @@ class Store(Protocol):
     def policy(self) -> Policy:
         """The policy in force as last seen by this process (no I/O)."""
 
+    @property
+    def unapplied_policy(self) -> Policy | None:
+        """A policy ``configure`` could not deliver yet (the store retries it), else None."""
+
     def poll(self) -> None:
         """Refresh a stale view of a shared state, never blocking a running event loop."""
 
@@ -41,6 +45,10 @@ class Store(Protocol):
     async def areset(self) -> Transition | None: ...
 
     def configure(self, policy: Policy) -> None:
-        """Apply a saved policy (thresholds, ``enabled``, override) without touching the state."""
+        """Apply a saved policy (thresholds, ``enabled``, override) without touching the state.
+
+        Raises ``BackendUnavailable`` when the shared store cannot be reached; the store then
+        keeps the policy as ``unapplied_policy`` and delivers it once the store answers again.
+        """
 
     def set_override(self, override: Override) -> None: ...

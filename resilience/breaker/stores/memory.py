@@ -3,7 +3,9 @@
 Every operation takes the lock, applies the pure transition of ``machine.Circuit`` and releases
 it; nothing blocks while the lock is held, so the async twins simply call the sync methods. The
 clock (wall-clock seconds) is injectable so tests drive time. Other processes never see this
-state: it serves development (``RATE_LIMIT_BACKEND = "memory"``) and the Redis store's fallback.
+state: it serves development (``RATE_LIMIT_BACKEND = "memory"``) and the Redis store's fallback,
+which ``adopt`` puts in the fleet's last known state when Redis stops answering. Its stats then
+say ``store: "memory-fallback"``: one worker's own view, not the fleet's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from resilience.breaker.machine import (
     Ticket,
     Transition,
 )
+
+# The ``store`` of a fallback's stats: readers must not present them as the fleet's state.
+FALLBACK_STORE = "memory-fallback"
 
 
 def _new_token() -> str:
@@ -54,6 +59,11 @@ class MemoryStore:
     def policy(self) -> Policy:
         return self._circuit.policy
 
+    @property
+    def unapplied_policy(self) -> Policy | None:
+        """Always None: ``configure`` applies at once."""
+        return None
+
     def poll(self) -> None:
         """Nothing to refresh: this process is the only writer."""
 
@@ -77,7 +87,7 @@ class MemoryStore:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             stats = self._circuit.stats(self.clock())
-        stats["store"] = "memory-fallback" if self._fallback else "memory"
+        stats["store"] = FALLBACK_STORE if self._fallback else "memory"
         return stats
 
     async def astats(self) -> dict[str, Any]:
@@ -93,6 +103,16 @@ class MemoryStore:
     def configure(self, policy: Policy) -> None:
         with self._lock:
             self._circuit.policy = policy
+
+    def adopt(self, view: Any) -> None:
+        """Take over the state and policy of ``view`` (a Redis store's last snapshot).
+
+        Probes this store admitted before belong to an earlier half-open period from now on, so
+        their outcomes only count in the totals.
+        """
+        with self._lock:
+            epoch = self._circuit.probe_epoch + 1
+            self._circuit = Circuit.from_view(view, probe_epoch=epoch)
 
     def set_override(self, override: Override) -> None:
         with self._lock:

@@ -6,11 +6,12 @@ Layout (``{name}`` is a hash tag, so both keys of a breaker live on one Redis Cl
   absent from hashes written before the field existed), ``failures``, ``successes``, ``opened_at``,
   ``last_failure_time``, ``last_error``, the totals (``calls``, ``total_failures``,
   ``total_successes``, ``rejections``), the policy in force (``enabled``, ``failure_threshold``,
-  ``timeout_seconds``, ``half_open_max_calls``, ``success_threshold``, ``override``) and ``gen``,
-  bumped by every reset.
+  ``timeout_seconds``, ``half_open_max_calls``, ``success_threshold``, ``override``), ``gen``,
+  bumped by every reset, and ``probe_epoch``, bumped by every entry into HALF_OPEN.
 * ``resilience:breaker:{name}:probes`` (sorted set): HALF_OPEN probe leases, token scored by expiry.
   Every script run first drops expired leases, so a slot held by a worker killed mid-probe comes
-  back by itself after ``probe_lease_seconds``.
+  back by itself after ``probe_lease_seconds``. A token reads ``"<probe_epoch>:<random>"``: a
+  probe's outcome moves the circuit only in the half-open period that admitted it.
 
 Every operation is one ``EVALSHA`` of ``BREAKER_LUA``: atomic, on the Redis server clock (so app
 servers with skewed clocks agree), returning the whole hash so the caller's snapshot is fresh after
@@ -23,7 +24,10 @@ What costs a round trip, and why:
   call after it is older than ``snapshot_max_age`` (0.5 s) is admitted by Redis itself, and that
   round trip refreshes the snapshot (other threads meanwhile go on with the old one). So a circuit
   opened by one worker is seen by every worker within a second, at the price of one round trip
-  per busy process per half second. An idle, disabled breaker is refreshed by ``poll()``.
+  per busy process per half second. An idle, disabled breaker is refreshed by ``poll()``. A
+  refresh that has not reported back after ``refresh_timeout`` is taken as abandoned (a ``poll``
+  task whose event loop closed before it ran) and the next caller refreshes instead, so a lost
+  refresher never freezes the snapshot.
 * A success while CLOSED writes only when the snapshot shows a failure count to reset. The count a
   success resets is therefore the one this process saw at most ``snapshot_max_age`` ago: a failure
   recorded elsewhere in that window may survive a success here, so under mixed traffic the
@@ -41,9 +45,15 @@ with the next snapshot refresh, with the breaker's state untouched and no databa
 
 Redis unreachable: the store answers from a per-process ``MemoryStore`` fallback (the protected
 call never fails because of the store), retries Redis after ``retry_interval`` seconds, and logs the
-outage at most once per ``OUTAGE_LOG_INTERVAL``. Operator actions (reset, configure, override)
-raise ``BackendUnavailable`` instead: they cannot reach the fleet, and saying so is the honest
-answer.
+outage at most once per ``OUTAGE_LOG_INTERVAL``. At the start of each outage the fallback takes the
+state, counts and policy (override included) of the last snapshot, so a circuit the fleet opened
+stays open, its timeout running from the fleet's ``opened_at``, and a forced-open circuit keeps
+refusing; from there each process judges on its own. ``stats()`` then answers with the fallback's
+view, marked ``store: "memory-fallback"``. Operator actions (reset, configure, override) raise
+``BackendUnavailable`` instead: they cannot reach the fleet, and saying so is the honest answer.
+They change nothing in this process either. A policy that ``configure`` could not deliver is kept
+(``unapplied_policy``) and written by this process's first round trip that succeeds, unless the
+fleet's policy changed in the meantime (a later save elsewhere wins; the drop is logged).
 """
 
 from __future__ import annotations
@@ -83,6 +93,11 @@ logger = logging.getLogger("resilience.breaker")
 
 DEFAULT_SNAPSHOT_MAX_AGE = 0.5
 DEFAULT_RETRY_INTERVAL = 1.0
+# A snapshot refresh still unfinished after this long is taken as abandoned (a task whose event
+# loop closed before it ran never reports back). The registry derives it from the cache's socket
+# timeouts; this serves a cache that sets none. Misjudging a slow refresh costs one extra round
+# trip, no more; misjudging a lost one leaves decisions on a stale snapshot for this long.
+DEFAULT_REFRESH_TIMEOUT = 5.0
 OUTAGE_LOG_INTERVAL = 30.0
 
 BREAKER_LUA = """
@@ -93,8 +108,9 @@ BREAKER_LUA = """
 --            success_threshold, override (seed on creation; written by configure / override)
 -- ARGV[9] generation the caller's local counts belong to; ARGV[10..12] those counts:
 --         calls, successes, rejections
--- ARGV[13] permit kind (closed | probe | forced); ARGV[14] probe token; ARGV[15] error text;
--- ARGV[16] probe lease seconds
+-- ARGV[13] permit kind (closed | probe | forced); ARGV[14] probe token (acquire: a random part the
+--          script prefixes with the half-open period, "<probe_epoch>:<random>"; settle: the token
+--          granted); ARGV[15] error text; ARGV[16] probe lease seconds
 local h, leases = KEYS[1], KEYS[2]
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -106,7 +122,7 @@ local function num(x) return string.format('%.6f', x) end
 
 if redis.call('EXISTS', h) == 0 then
   redis.call('HSET', h, 'state', 'closed', 'failures', 0, 'successes', 0, 'gen', 0,
-    'calls', 0, 'total_failures', 0, 'total_successes', 0, 'rejections', 0,
+    'probe_epoch', 0, 'calls', 0, 'total_failures', 0, 'total_successes', 0, 'rejections', 0,
     'opened_at', '', 'last_failure_time', '', 'last_error', '', 'state_since', num(now),
     'enabled', ARGV[3], 'failure_threshold', ARGV[4], 'timeout_seconds', ARGV[5],
     'half_open_max_calls', ARGV[6], 'success_threshold', ARGV[7], 'override', ARGV[8])
@@ -145,7 +161,13 @@ local function move(new)
       'state_since', num(now))
   else
     redis.call('HSET', h, 'state', new, 'successes', 0, 'state_since', num(now))
+    redis.call('HINCRBY', h, 'probe_epoch', 1)
   end
+end
+local function epoch() return redis.call('HGET', h, 'probe_epoch') or '0' end
+-- Whether a settled probe was admitted in the half-open period now running.
+local function probing_now()
+  return state == 'half_open' and string.match(token, '^(%d+):') == epoch()
 end
 
 if op == 'acquire' then
@@ -174,9 +196,10 @@ if op == 'acquire' then
         redis.call('HINCRBY', h, 'rejections', 1)
         code, retry = 'rejected', math.max(0, math.min(tonumber(first[2]) - now, 1.0))
       else
-        redis.call('ZADD', leases, num(now + tonumber(ARGV[16])), token)
+        granted = epoch() .. ':' .. token
+        redis.call('ZADD', leases, num(now + tonumber(ARGV[16])), granted)
         redis.call('HINCRBY', h, 'calls', 1)
-        code, granted = 'probe', token
+        code = 'probe'
       end
     end
   end
@@ -185,7 +208,7 @@ elseif op == 'success' then
   if kind == 'probe' then redis.call('ZREM', leases, token) end
   if kind == 'closed' and state == 'closed' then
     redis.call('HSET', h, 'failures', 0)
-  elseif kind == 'probe' and state == 'half_open' then
+  elseif kind == 'probe' and probing_now() then
     if redis.call('HINCRBY', h, 'successes', 1) >= st then move('closed') end
   end
 elseif op == 'failure' then
@@ -194,7 +217,7 @@ elseif op == 'failure' then
   if kind == 'probe' then redis.call('ZREM', leases, token) end
   if kind == 'closed' and state == 'closed' then
     if redis.call('HINCRBY', h, 'failures', 1) >= ft then move('open') end
-  elseif kind == 'probe' and state == 'half_open' then
+  elseif kind == 'probe' and probing_now() then
     move('open')
   end
 elseif op == 'ignore' then
@@ -292,6 +315,7 @@ class RedisStore:
         probe_lease_seconds: float = DEFAULT_PROBE_LEASE_SECONDS,
         snapshot_max_age: float = DEFAULT_SNAPSHOT_MAX_AGE,
         retry_interval: float = DEFAULT_RETRY_INTERVAL,
+        refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT,
     ) -> None:
         self.name = name
         self.alias = alias
@@ -299,6 +323,7 @@ class RedisStore:
         self.probe_lease_seconds = probe_lease_seconds
         self.snapshot_max_age = snapshot_max_age
         self.retry_interval = retry_interval
+        self.refresh_timeout = refresh_timeout
         self.keys = [f"resilience:breaker:{{{name}}}", f"resilience:breaker:{{{name}}}:probes"]
         self._seed = policy
         self._fallback = MemoryStore(
@@ -311,8 +336,10 @@ class RedisStore:
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._snapshot_at = -math.inf  # time.monotonic() of the round trip that returned it
-        self._refreshing = False
+        self._refresh_started = -math.inf  # time.monotonic() when the refresh in flight began
         self._pending = [0, 0, 0]  # calls, successes, rejections not yet added to the hash
+        self._unapplied: Policy | None = None  # saved by configure while Redis was unreachable
+        self._unapplied_over: Policy | None = None  # the fleet's policy it is to replace
         self._down_until = -math.inf
         self._outage_logged_at = -math.inf
         self._in_outage = False
@@ -325,8 +352,15 @@ class RedisStore:
         snapshot = self._snapshot
         return snapshot.policy if snapshot is not None else self._seed
 
+    @property
+    def unapplied_policy(self) -> Policy | None:
+        return self._unapplied
+
     def _is_down(self) -> bool:
         return time.monotonic() < self._down_until
+
+    def _refresh_in_flight(self, now: float) -> bool:
+        return now - self._refresh_started < self.refresh_timeout
 
     def _now(self, snapshot: Snapshot) -> float:
         if self.clock is not None:
@@ -344,11 +378,9 @@ class RedisStore:
             snapshot = self._snapshot
             if snapshot is None:
                 return None
-            if (
-                not self._refreshing
-                and time.monotonic() - self._snapshot_at > self.snapshot_max_age
-            ):
-                self._refreshing = True
+            now = time.monotonic()
+            if now - self._snapshot_at > self.snapshot_max_age and not self._refresh_in_flight(now):
+                self._refresh_started = now
                 return None
             override = snapshot.policy.override
             if override == Override.FORCE_CLOSED:
@@ -423,7 +455,13 @@ class RedisStore:
         self._down_until = time.monotonic() + self.retry_interval
         with self._lock:
             self._snapshot_at = -math.inf  # never decide from a snapshot Redis cannot confirm
-        self._in_outage = True
+            outage_begins, self._in_outage = not self._in_outage, True
+            last_seen = self._snapshot
+        if outage_begins and last_seen is not None:
+            # The fallback starts where the fleet stood, policy and override included: a circuit
+            # the fleet opened (or an operator forced open) keeps refusing here, its timeout
+            # running from when the fleet opened it.
+            self._fallback.adopt(last_seen)
         if time.monotonic() - self._outage_logged_at >= OUTAGE_LOG_INTERVAL:
             self._outage_logged_at = time.monotonic()
             logger.warning(
@@ -455,7 +493,10 @@ class RedisStore:
                 raw = sync_script(self.alias, BREAKER_LUA)(keys=self.keys, args=args)
         except STORE_ERRORS as exc:
             raise self._failed(exc, pending) from exc
-        return self._absorb(raw)
+        result = self._absorb(raw)
+        if self._unapplied is not None and op not in _DELIVER_THEMSELVES:
+            self._deliver_unapplied(result.snapshot)
+        return result
 
     async def _arun(
         self,
@@ -474,7 +515,10 @@ class RedisStore:
                 raw = await async_script(self.alias, BREAKER_LUA)(keys=self.keys, args=args)
         except STORE_ERRORS as exc:
             raise self._failed(exc, pending) from exc
-        return self._absorb(raw)
+        result = self._absorb(raw)
+        if self._unapplied is not None and op not in _DELIVER_THEMSELVES:
+            await self._adeliver_unapplied(result.snapshot)
+        return result
 
     def _absorb(self, raw: list[Any]) -> _Result:
         code, retry, previous, current, now, token, probes, flat = raw
@@ -499,9 +543,9 @@ class RedisStore:
         with self._lock:
             self._snapshot = snapshot
             self._snapshot_at = time.monotonic()
-            self._refreshing = False
-        if self._in_outage:
-            self._in_outage = False
+            self._refresh_started = -math.inf
+            recovered, self._in_outage = self._in_outage, False
+        if recovered:
             logger.info("Breaker %r: Redis store reachable again; shared state resumed.", self.name)
         transition = None
         if _text(previous):
@@ -522,6 +566,56 @@ class RedisStore:
             # A hash edited by hand into nonsense: keep running on this process's policy.
             return self._seed
 
+    def _due_unapplied(self, snapshot: Snapshot) -> Policy | None:
+        """The policy ``configure`` could not deliver, if Redis should get it now.
+
+        Only while the fleet still runs the policy it was saved over: a policy changed since by
+        another process was saved later and wins, and the one held here is dropped.
+        """
+        with self._lock:
+            policy, replaces = self._unapplied, self._unapplied_over
+            if policy is None or replaces is None or snapshot.policy == replaces:
+                return policy
+            self._unapplied = self._unapplied_over = None
+        logger.error(
+            "Breaker %r: the policy saved while Redis was unreachable is dropped, another process "
+            "changed the fleet's policy since (now %s); save it again if it should apply.",
+            self.name,
+            snapshot.policy.as_dict(),
+        )
+        return None
+
+    def _deliver_unapplied(self, snapshot: Snapshot) -> None:
+        policy = self._due_unapplied(snapshot)
+        if policy is None:
+            return
+        try:
+            self._run("configure", policy=policy)
+        except BackendUnavailable:
+            return  # still unapplied: the next round trip that succeeds tries again
+        self._delivered(policy)
+
+    async def _adeliver_unapplied(self, snapshot: Snapshot) -> None:
+        policy = self._due_unapplied(snapshot)
+        if policy is None:
+            return
+        try:
+            await self._arun("configure", policy=policy)
+        except BackendUnavailable:
+            return
+        self._delivered(policy)
+
+    def _delivered(self, policy: Policy) -> None:
+        with self._lock:
+            if self._unapplied is policy:
+                self._unapplied = self._unapplied_over = None
+                self._seed = policy
+        logger.info(
+            "Breaker %r: the policy saved while Redis was unreachable is applied now: %s.",
+            self.name,
+            policy.as_dict(),
+        )
+
     def poll(self) -> None:
         """Refresh a stale snapshot now, without ever blocking a running event loop.
 
@@ -531,10 +625,11 @@ class RedisStore:
         with the current snapshot.
         """
         with self._lock:
-            stale = time.monotonic() - self._snapshot_at > self.snapshot_max_age
-            if self._refreshing or not stale or self._is_down():
+            now = time.monotonic()
+            stale = now - self._snapshot_at > self.snapshot_max_age
+            if not stale or self._refresh_in_flight(now) or self._is_down():
                 return
-            self._refreshing = True
+            self._refresh_started = now
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -547,7 +642,7 @@ class RedisStore:
             return
         task = loop.create_task(self._apoll())
         self._tasks.add(task)  # a task nobody references may be collected before it runs
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._apoll_done)
 
     async def _apoll(self) -> None:
         try:
@@ -557,9 +652,16 @@ class RedisStore:
         finally:
             self._done_refreshing()
 
+    def _apoll_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            # Possibly before its first step (a loop shutting down cancels whatever is pending),
+            # in which case the ``finally`` of ``_apoll`` never ran.
+            self._done_refreshing()
+
     def _done_refreshing(self) -> None:
         with self._lock:
-            self._refreshing = False
+            self._refresh_started = -math.inf
 
     # ------------------------------------------------------------------ the Store protocol
 
@@ -622,6 +724,7 @@ class RedisStore:
             return self._settle_on_fallback(ticket, outcome, error)
 
     def stats(self) -> dict[str, Any]:
+        """The fleet's stats; Redis unreachable, this process's fallback's (``store`` says so)."""
         try:
             return {**self._run("read").snapshot.stats(), "store": "redis"}
         except BackendUnavailable:
@@ -633,27 +736,48 @@ class RedisStore:
         except BackendUnavailable:
             return self._fallback.stats()
 
+    # Operator actions change nothing in this process unless Redis took them: the fallback
+    # follows the fleet (``_failed`` seeds it from the last snapshot), never a refused action.
+
     def reset(self) -> Transition | None:
-        self._fallback.reset()
         self._down_until = -math.inf  # an operator asked: try Redis now
         return self._run("reset").transition
 
     async def areset(self) -> Transition | None:
-        self._fallback.reset()
         self._down_until = -math.inf
         return (await self._arun("reset")).transition
 
     def configure(self, policy: Policy) -> None:
-        self._seed = policy
-        self._fallback.configure(policy)
         self._down_until = -math.inf
-        self._run("configure", policy=policy)
+        try:
+            self._run("configure", policy=policy)
+        except BackendUnavailable:
+            with self._lock:
+                if self._unapplied is None:
+                    snapshot = self._snapshot
+                    self._unapplied_over = snapshot.policy if snapshot is not None else None
+                self._unapplied = policy
+            raise
+        with self._lock:
+            self._seed = policy
+            self._unapplied = self._unapplied_over = None  # this newer policy replaces it
 
     def set_override(self, override: Override) -> None:
-        self._seed = replace(self._seed, override=Override(override))
-        self._fallback.set_override(override)
+        override = Override(override)
         self._down_until = -math.inf
-        self._run("override", policy=replace(self.policy, override=Override(override)))
+        result = self._run("override", policy=replace(self.policy, override=override))
+        with self._lock:
+            self._seed = replace(self._seed, override=override)
+            if self._unapplied is not None:
+                # The operator's word is the latest: the unapplied policy carries it, and the
+                # fleet's policy it is to replace now has it too.
+                self._unapplied = replace(self._unapplied, override=override)
+                if self._unapplied_over is not None:
+                    self._unapplied_over = replace(self._unapplied_over, override=override)
+        self._deliver_unapplied(result.snapshot)
 
 
 _OPS = {Outcome.SUCCESS: "success", Outcome.FAILURE: "failure", Outcome.IGNORE: "ignore"}
+# Round trips after which an unapplied policy waits: configure delivers one itself, and
+# set_override first writes its override into it.
+_DELIVER_THEMSELVES = frozenset({"configure", "override"})

@@ -3,7 +3,9 @@
 No add permission (rows come from ``emit_receipt`` only) and every field read-only: the payload is
 the exact wire body and its ``receipt_id`` the idempotency key, so editing either would break
 the at-least-once contract. Actions report how many rows they touched and are logged in each
-row's admin history. The API key is never part of a row, so it cannot show here.
+row's admin history; retry now and requeue dead need the change permission, discard the delete
+permission, so view-only staff can watch the buffer and nothing more. The API key is never part
+of a row, so it cannot show here.
 """
 
 from __future__ import annotations
@@ -117,12 +119,12 @@ class BufferedReceiptAdmin(admin.ModelAdmin):
 
     # Actions
 
-    @admin.action(description=_("Retry now (pending or dead: due now)"))
+    @admin.action(description=_("Retry now (pending or dead: due now)"), permissions=("change",))
     def retry_now(self, request: HttpRequest, queryset: QuerySet[BufferedReceipt]) -> None:
         eligible = queryset.filter(status__in=(ReceiptStatus.PENDING, ReceiptStatus.DEAD))
         self._bulk(request, eligible, buffer.retry_now, "Marked for retry now.", "retried now")
 
-    @admin.action(description=_("Requeue dead receipts (fresh attempts)"))
+    @admin.action(description=_("Requeue dead receipts (fresh attempts)"), permissions=("change",))
     def requeue_dead(self, request: HttpRequest, queryset: QuerySet[BufferedReceipt]) -> None:
         dead = queryset.filter(status=ReceiptStatus.DEAD)
         self._bulk(request, dead, buffer.requeue_dead, "Requeued from dead.", "requeued")

@@ -20,11 +20,22 @@ commands, the shell) do the same thing:
    A receipt accepted past validation is never lost: when even the database write fails, that
    error propagates, because claiming "buffered" would be a lie.
 
+Cancellation: Django cancels an ASGI view whose client disconnected, so ``emit_receipt`` may be
+cancelled mid-delivery. It then stores the receipt as ``pending`` (whether MemoryGate got the POST
+is unknown; its idempotency key makes the drain's resend safe), settles the breaker permit as
+ignored, and re-raises the cancellation. Those two steps, like every buffer write and permit
+settlement on the async path, run shielded, so a second cancellation cannot interrupt them. Every
+other way out of an attempt (an unexpected exception included) settles its permit too, so a
+HALF_OPEN probe never holds its slot until its lease expires.
+
 Connections: the sync twin shares one thread-safe pooled ``httpx.Client``. httpx's async clients
 belong to the event loop that opened them, so the client keeps one ``httpx.AsyncClient`` per
-running loop (weakly keyed by the loop). Under ASGI that is one pool for the process; an async view
-served by WSGI runs on a fresh loop per request and so gets no pooling, which is why sync code
-should call ``emit_receipt_sync``.
+running loop. Under ASGI that is one pool for the process. An async view served by WSGI (Django's
+``async_to_sync``) runs on a fresh loop per request, which ``asyncio.run`` shuts down afterwards:
+each pool is tied to its loop's ``shutdown_asyncgens()`` by a suspended async generator, which
+closes the pool then, so nothing outlives its loop; pools of loops closed without that shutdown
+are dropped when the next pool is made. Sync code should still call ``emit_receipt_sync``, which
+pools across requests.
 """
 
 from __future__ import annotations
@@ -33,8 +44,7 @@ import asyncio
 import logging
 import threading
 import uuid
-import weakref
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -45,7 +55,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from resilience import signals
-from resilience.breaker import aget_breaker, get_breaker
+from resilience.breaker import Permit, aget_breaker, get_breaker
 from resilience.conf import resilience_settings
 from resilience.exceptions import CircuitOpen
 from resilience.models import ReceiptStatus
@@ -63,6 +73,7 @@ logger = logging.getLogger(__name__)
 
 BREAKER_NAME = "memorygate"
 UNCONFIGURED_REASON = "MEMORYGATE_URL is not set"
+CANCELLED_REASON = "emit cancelled before MemoryGate's answer arrived"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +112,10 @@ class MemoryGateClient:
         self._max_connections = max_connections
         self._sync_client: httpx.Client | None = None
         self._lock = threading.Lock()
-        self._async_clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, httpx.AsyncClient
-        ] = weakref.WeakKeyDictionary()
+        # Each running loop's pool and the generator that closes it when the loop shuts down.
+        self._async_pools: dict[
+            asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, AsyncGenerator[None, None]]
+        ] = {}
 
     def __repr__(self) -> str:
         target = self._transport.url if self._transport else "unconfigured"
@@ -135,7 +147,7 @@ class MemoryGateClient:
         attempt = await self._aattempt(receipt)
         result, row = self._decide(receipt, attempt)
         if row is not None:
-            await buffer.astore(receipt, **row)
+            await _shielded(buffer.astore(receipt, **row))
         self._announce(receipt, result)
         return result
 
@@ -193,38 +205,58 @@ class MemoryGateClient:
 
     async def aclose(self) -> None:
         """Close the running loop's async pool."""
-        client = self._async_clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        pool = self._async_pools.get(asyncio.get_running_loop())
+        if pool is not None:
+            await pool[1].aclose()  # resumes the pool's closer, which drops and closes it
 
     # Delivery
 
     async def _aattempt(self, receipt: Receipt) -> _Attempt:
         if self._transport is None:
             return _Attempt(not_sent=UNCONFIGURED_REASON)
+        permit: Permit | None = None
         try:
             breaker = await aget_breaker(self.breaker_name)
-            permit = None
             if breaker.enabled:
                 try:
                     permit = await breaker.aacquire()
                 except CircuitOpen as exc:
                     return _circuit_open(exc)
             outcome = await self._transport.asend(
-                self._async_client(), str(receipt.receipt_id), receipt.wire_bytes
+                await self._aclient(), str(receipt.receipt_id), receipt.wire_bytes
             )
-            if permit is not None:
-                await areport(permit, outcome)
+        except asyncio.CancelledError:
+            await _shielded(self._keep_cancelled(receipt, permit))
+            raise
         except Exception as exc:
+            if permit is not None:
+                await _shielded(_asettle(permit, None))
             return _unexpected(receipt, exc)
+        if permit is not None:
+            try:
+                await _shielded(_asettle(permit, outcome))
+            except asyncio.CancelledError:
+                # Cancelled after MemoryGate answered: the answer decides what is stored.
+                _, row = self._decide(receipt, _Attempt(outcome))
+                if row is not None:
+                    await _shielded(buffer.astore(receipt, **row))
+                raise
         return _Attempt(outcome)
+
+    async def _keep_cancelled(self, receipt: Receipt, permit: Permit | None) -> None:
+        try:
+            await buffer.astore(receipt, **_pending(0, timezone.now(), CANCELLED_REASON))
+        finally:
+            await _asettle(permit, None)
+        self._announce(receipt, _answer("buffered", str(receipt.receipt_id), CANCELLED_REASON))
 
     def _attempt(self, receipt: Receipt) -> _Attempt:
         if self._transport is None:
             return _Attempt(not_sent=UNCONFIGURED_REASON)
+        permit: Permit | None = None
+        outcome: DeliveryOutcome | None = None
         try:
             breaker = get_breaker(self.breaker_name)
-            permit = None
             if breaker.enabled:
                 try:
                     permit = breaker.acquire()
@@ -233,10 +265,11 @@ class MemoryGateClient:
             outcome = self._transport.send(
                 self._sync_client_or_new(), str(receipt.receipt_id), receipt.wire_bytes
             )
-            if permit is not None:
-                report(permit, outcome)
         except Exception as exc:
             return _unexpected(receipt, exc)
+        finally:
+            # However the attempt ended (KeyboardInterrupt included), the permit is settled.
+            _settle(permit, outcome)
         return _Attempt(outcome)
 
     def _decide(
@@ -283,14 +316,38 @@ class MemoryGateClient:
 
     # Pools
 
-    def _async_client(self) -> httpx.AsyncClient:
+    async def _aclient(self) -> httpx.AsyncClient:
+        """The running loop's pool, made on first use and closed when the loop shuts down."""
         assert self._transport is not None
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            client = self._transport.async_client(self._max_connections)
-            self._async_clients[loop] = client
+        pool = self._async_pools.get(loop)
+        if pool is not None:
+            return pool[0]
+        client = self._transport.async_client(self._max_connections)
+        closer = self._close_at_shutdown(loop, client)
+        with self._lock:
+            for closed in [other for other in self._async_pools if other.is_closed()]:
+                # Closed without shutdown_asyncgens(): a dead loop cannot run aclose(), so the
+                # pool is let go and the garbage collector closes its sockets.
+                del self._async_pools[closed]
+            self._async_pools[loop] = (client, closer)
+        # The first step registers the generator with the loop (its firstiter hook) and stops
+        # at the ``yield``; it never suspends, so no other task can see a half-made pool.
+        await anext(closer)
         return client
+
+    async def _close_at_shutdown(
+        self, loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient
+    ) -> AsyncGenerator[None, None]:
+        """Suspended while ``loop`` runs; ``loop.shutdown_asyncgens()`` (``asyncio.run`` and
+        ``async_to_sync`` call it before closing a loop) or ``aclose`` resumes it to close."""
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._async_pools.get(loop, (None,))[0] is client:
+                    del self._async_pools[loop]
+            await client.aclose()
 
     def _sync_client_or_new(self) -> httpx.Client:
         assert self._transport is not None
@@ -317,6 +374,46 @@ def _pending(attempts: int, retry_at: Any, error: str) -> dict[str, Any]:
         "next_attempt_at": retry_at,
         "last_error": error,
     }
+
+
+_background: set[asyncio.Future[Any]] = set()
+
+
+async def _shielded(work: Awaitable[Any]) -> Any:
+    """Await ``work`` so that cancelling the caller does not cancel it: the caller still sees
+    ``CancelledError`` at once, while ``work`` runs to its end (a reference kept meanwhile, since
+    the loop holds only a weak one)."""
+    task = asyncio.ensure_future(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return await asyncio.shield(task)
+
+
+def _settle(permit: Permit | None, outcome: DeliveryOutcome | None) -> None:
+    """Tell ``permit`` how its call ended (None: it did not end in an answer, so ignore)."""
+    if permit is None:
+        return
+    try:
+        if outcome is None:
+            permit.ignore()
+        else:
+            report(permit, outcome)
+    except Exception:
+        # A failing breaker store must not turn MemoryGate's answer into an error.
+        logger.exception("Could not settle a breaker permit.")
+
+
+async def _asettle(permit: Permit | None, outcome: DeliveryOutcome | None) -> None:
+    """``_settle`` for async code."""
+    if permit is None:
+        return
+    try:
+        if outcome is None:
+            await permit.aignore()
+        else:
+            await areport(permit, outcome)
+    except Exception:
+        logger.exception("Could not settle a breaker permit.")
 
 
 def _circuit_open(exc: CircuitOpen) -> _Attempt:

@@ -280,17 +280,16 @@ def requeue_dead(
     )
 
 
-def purge_delivered(older_than: timedelta, now: datetime | None = None) -> int:
-    """Delete delivered rows whose delivery is older than ``older_than``."""
-    cutoff = (now or timezone.now()) - older_than
+def purge_delivered_before(cutoff: datetime) -> int:
+    """Delete delivered rows delivered before ``cutoff``."""
     deleted, _ = BufferedReceipt.objects.filter(
         status=ReceiptStatus.DELIVERED, delivered_at__lt=cutoff
     ).delete()
     return deleted
 
 
-def delivered_older_than(older_than: timedelta, now: datetime | None = None) -> int:
-    cutoff = (now or timezone.now()) - older_than
+def delivered_before(cutoff: datetime) -> int:
+    """How many rows ``purge_delivered_before(cutoff)`` would delete."""
     return BufferedReceipt.objects.filter(
         status=ReceiptStatus.DELIVERED, delivered_at__lt=cutoff
     ).count()

@@ -16,7 +16,8 @@ Algorithm (one ``Drainer.run``):
    * retryable failure: ``pending`` again, after ``backoff.retry_delay`` (exponential, full
      jitter, at least ``Retry-After``);
    * not sent because the breaker refused it: ``pending`` at the circuit's retry time with
-     ``attempts`` unchanged, since a breaker rejection is not an attempt;
+     ``attempts`` and ``last_error`` unchanged, since a breaker rejection is not an attempt and
+     staff need the error that opened the circuit (a 401, a 503), not "circuit open";
    * not sent because the drainer is stopping, or because its lease is about to run out (a row
      sent after its lease expired could be sent by another drainer too): ``pending``, due now.
 
@@ -47,6 +48,7 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 
 import httpx
+from django.db import close_old_connections
 from django.utils import timezone
 
 from resilience import signals
@@ -65,15 +67,26 @@ from resilience.receipts.transport import (
 )
 
 BREAKER_NAME = "memorygate"
-# ``last_error`` of a row the breaker kept from being sent; also how such rows are counted.
-CIRCUIT_OPEN_ERROR = "not sent: circuit open"
+# DrainReport.stopped_because when ``stop`` was set (SIGTERM/SIGINT in the command).
+STOP_REQUESTED = "stop requested"
 # A one-shot run waits this long for a circuit rather than give up (see step 4).
 SHORT_CIRCUIT_WAIT = 2.0
+# Upper bounds of the options: far beyond any sane use, and small enough that every time computed
+# from them (a lease's expiry, a deadline) stays a valid datetime.
+MAX_OPTION_VALUES: dict[str, float] = {
+    "batch_size": 10_000,
+    "concurrency": 1_000,
+    "max_attempts": 1_000,
+    "lease_seconds": 86_400.0,  # one day
+    "max_seconds": 3650 * 86_400.0,  # ten years
+    "idle_seconds": 3_600.0,
+}
 
 
 @dataclass(frozen=True)
 class DrainOptions:
-    """How one drain run behaves; every number must be positive (``ValueError`` names it)."""
+    """How one drain run behaves. Every number must be positive and at most its bound in
+    ``MAX_OPTION_VALUES`` (``ValueError`` names the option otherwise)."""
 
     batch_size: int = 100
     concurrency: int = 16
@@ -89,8 +102,11 @@ class DrainOptions:
             value = getattr(self, option.name)
             if option.name == "loop" or (option.name == "max_seconds" and value is None):
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{option.name}: must be a positive number, not {value!r}.")
+            limit = MAX_OPTION_VALUES[option.name]
+            if not value <= limit:
+                raise ValueError(f"{option.name}: {value!r} is over the limit of {limit:.0f}.")
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,8 @@ class _Totals:
     circuit_open_until: float = 0.0
     # Ids of rows left pending after a failure or a breaker rejection, until delivered.
     unresolved: set[int] = field(default_factory=set)
+    # Ids of the current batch's rows the breaker kept from being sent.
+    held: set[int] = field(default_factory=set)
 
 
 class Drainer:
@@ -170,7 +188,7 @@ class Drainer:
         try:
             while True:
                 if self.stop.is_set():
-                    stopped_because = "stop requested"
+                    stopped_because = STOP_REQUESTED
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     stopped_because = "max seconds reached"
@@ -182,6 +200,8 @@ class Drainer:
                         break
                     self._sleep(wait, deadline)
                     continue
+                if self.options.loop:
+                    close_old_connections()
                 batch_started = time.monotonic()
                 claim = buffer.claim(self.options.batch_size, self.options.lease_seconds)
                 if not claim.receipts:
@@ -191,6 +211,7 @@ class Drainer:
                     continue
                 totals.claimed += len(claim.receipts)
                 totals.batches += 1
+                totals.held.clear()
                 try:
                     settlements = loop.run_until_complete(self._send(client, claim, totals))
                 except BaseException:
@@ -212,6 +233,8 @@ class Drainer:
         finally:
             loop.run_until_complete(client.aclose())
             loop.close()
+        if self.options.loop:
+            close_old_connections()
         return self._report(totals, started, buffer.due_count(), stopped_because)
 
     def _sleep(self, seconds: float, deadline: float | None) -> None:
@@ -247,8 +270,9 @@ class Drainer:
                 totals.circuit_open_until = max(
                     totals.circuit_open_until, time.monotonic() + exc.retry_after
                 )
+                totals.held.add(row.id)
                 retry_at = timezone.now() + timedelta(seconds=exc.retry_after)
-                return Settlement(row.id, Settle.RELEASE, retry_at, CIRCUIT_OPEN_ERROR)
+                return Settlement(row.id, Settle.RELEASE, retry_at)
         outcome = await self.transport.asend(client, row.receipt_id, encode_payload(row.payload))
         if permit is not None:
             await areport(permit, outcome)
@@ -276,14 +300,13 @@ class Drainer:
         totals.delivered += written[Settle.DELIVERED]
         totals.failed += written[Settle.RETRY]
         totals.dead += written[Settle.DEAD]
-        skipped = sum(1 for s in settlements if s.error == CIRCUIT_OPEN_ERROR)
-        skipped = min(skipped, written[Settle.RELEASE])
+        skipped = min(len(totals.held), written[Settle.RELEASE])
         totals.skipped_open_circuit += skipped
         totals.released += written[Settle.RELEASE] - skipped
         totals.lost_lease += len(settlements) - sum(written.values())
         by_id = {row.id: row.receipt_id for row in claim.receipts}
         for s in settlements:
-            if s.result is Settle.RETRY or s.error == CIRCUIT_OPEN_ERROR:
+            if s.result is Settle.RETRY or s.id in totals.held:
                 totals.unresolved.add(s.id)
             else:
                 totals.unresolved.discard(s.id)

@@ -7,7 +7,10 @@ every later attempt, buffered or not, carries the same idempotency key and the s
 
 The body is serialized at validation time and kept as JSON text: later mutation of the caller's
 dict cannot change the receipt, and anything that is not JSON (sets, datetimes, ``NaN``) is
-refused now rather than at delivery time. The body's limit is ``MAX_BODY_BYTES`` serialized.
+refused now rather than at delivery time. The body's limit is ``MAX_BODY_BYTES`` serialized and
+``MAX_BODY_DEPTH`` levels of nesting (checked without recursion, so a hostile body cannot exhaust
+the stack). Strings in the body and principal ids may not hold NUL or lone surrogates: PostgreSQL
+refuses to store either, and a receipt that cannot be buffered must be refused before it is sent.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from resilience.models import PrincipalKind, ReceiptType
 # The serialized body may not exceed this; MemoryGate refuses large receipts with 413 anyway,
 # and a buffer row should stay small.
 MAX_BODY_BYTES = 32 * 1024
+# Far deeper than any sensible receipt, far shallower than the recursion limits of the JSON
+# encoders and decoders on the way (ours, the database's, MemoryGate's).
+MAX_BODY_DEPTH = 64
 MAX_PRINCIPAL_ID_LENGTH = 200
 PRINCIPAL_KEYS = frozenset({"kind", "id"})
 RECEIPT_TYPES = frozenset(ReceiptType.values)
@@ -142,7 +148,7 @@ def _principal(value: Any, name: str) -> dict[str, str]:
     if unknown:
         raise ValueError(f"{name}.{unknown[0]}: unknown key; a principal has only kind and id.")
     kind = value.get("kind")
-    if kind not in PRINCIPAL_KINDS:
+    if not isinstance(kind, str) or kind not in PRINCIPAL_KINDS:
         raise ValueError(
             f"{name}.kind: {kind!r} is not one of {', '.join(sorted(PRINCIPAL_KINDS))}."
         )
@@ -151,12 +157,16 @@ def _principal(value: Any, name: str) -> dict[str, str]:
         raise ValueError(f"{name}.id: must be a non-empty string.")
     if len(principal_id) > MAX_PRINCIPAL_ID_LENGTH:
         raise ValueError(f"{name}.id: longer than {MAX_PRINCIPAL_ID_LENGTH} characters.")
+    problem = _unstorable(principal_id)
+    if problem:
+        raise ValueError(f"{name}.id: {problem}.")
     return {"kind": str(kind), "id": principal_id}
 
 
 def _body(value: Any) -> str:
     if not isinstance(value, Mapping):
         raise ValueError(f"body: must be a JSON object (a dict), not {type(value).__name__}.")
+    _check_nesting_and_strings(value)
     try:
         encoded = json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -165,3 +175,57 @@ def _body(value: Any) -> str:
     if size > MAX_BODY_BYTES:
         raise ValueError(f"body: {size} bytes serialized, over the limit of {MAX_BODY_BYTES}.")
     return encoded
+
+
+def _unstorable(text: str) -> str:
+    """Why the database cannot store ``text``, or "" when it can."""
+    if "\x00" in text:
+        return "contains a NUL character (\\x00)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (not valid Unicode)"
+    return ""
+
+
+def _check_nesting_and_strings(body: Mapping[str, Any]) -> None:
+    """Walk the body without recursion: bounded depth and size, storable strings (keys too).
+
+    Every JSON value serializes to at least one byte, so more than ``MAX_BODY_BYTES`` values is
+    over the limit however they are shared; that also bounds the walk itself. Each entry keeps its
+    parent and key so the offending path is spelled out only when there is one to report.
+    """
+    stack: list[tuple[Any, int, Any, Any]] = [(body, 1, None, None)]
+    seen = 0
+    while stack:
+        entry = stack.pop()
+        value, depth = entry[0], entry[1]
+        seen += 1
+        if seen > MAX_BODY_BYTES:
+            raise ValueError(f"body: more than {MAX_BODY_BYTES} values, over the size limit.")
+        if isinstance(value, str):
+            problem = _unstorable(value)
+            if problem:
+                raise ValueError(f"body: the string at {_path(entry)} {problem}.")
+        elif isinstance(value, dict | list | tuple):
+            if depth > MAX_BODY_DEPTH:
+                raise ValueError(f"body: nested deeper than {MAX_BODY_DEPTH} levels.")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                problem = _unstorable(key) if isinstance(key, str) else ""
+                if problem:
+                    raise ValueError(f"body: a key of {_path(entry)} {problem}.")
+                stack.append((item, depth + 1, entry, key))
+
+
+def _path(entry: tuple[Any, int, Any, Any]) -> str:
+    parts: list[str] = []
+    while entry[2] is not None:
+        key = entry[3]
+        parts.append(
+            f"[{key}]"
+            if isinstance(key, int) and isinstance(entry[2][0], list | tuple)
+            else f".{key}"
+        )
+        entry = entry[2]
+    return "body" + "".join(reversed(parts))

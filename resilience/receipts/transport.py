@@ -19,20 +19,28 @@ answer                                      ``kind``    breaker verdict
 
 ``retry_after`` is ``Retry-After`` in seconds (delta-seconds or an HTTP date), capped at
 ``MAX_RETRY_AFTER_SECONDS`` so a confused server cannot park receipts for ever.
+
+An outcome's ``error`` quotes MemoryGate's answer (or the network error) and ends up in
+``last_error``, in the emit's ``reason``, in logs and in the breaker's stats, so it is scrubbed
+before it is shortened: credentials of any kind (``clip_error``), and the transport's own API key
+wherever it appears, as sent or as a server might echo it (percent-encoded, JSON-escaped).
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
+from resilience.breaker.machine import clip_error
 from resilience.conf import resilience_settings
 from resilience.exceptions import DeliveryError
 
@@ -42,6 +50,7 @@ REFUSED_STATUSES = frozenset({400, 404, 413, 422})
 BREAKER_FAILURE_STATUSES = frozenset({401, 403, 408, 429})
 # Keep error texts stored in last_error short; MemoryGate's body is quoted, never our headers.
 MAX_ERROR_CHARS = 300
+REDACTED = "[redacted]"
 
 
 class OutcomeKind(enum.StrEnum):
@@ -72,12 +81,20 @@ class DeliveryOutcome:
 
 
 def classify_response(
-    status_code: int, headers: Mapping[str, str], text: str = "", now: datetime | None = None
+    status_code: int,
+    headers: Mapping[str, str],
+    text: str = "",
+    now: datetime | None = None,
+    *,
+    redact: Callable[[str], str] = clip_error,
 ) -> DeliveryOutcome:
-    """The outcome of an HTTP answer, per the table in the module docstring."""
+    """The outcome of an HTTP answer, per the table in the module docstring.
+
+    ``text`` (the answer's body) is quoted in ``error`` after ``redact``.
+    """
     if 200 <= status_code < 300 or status_code == 409:
         return DeliveryOutcome(OutcomeKind.DELIVERED, BreakerVerdict.SUCCESS, status_code)
-    error = f"HTTP {status_code}" + (f": {_shorten(text)}" if text else "")
+    error = f"HTTP {status_code}" + (f": {_shorten(redact(text))}" if text else "")
     if status_code in REFUSED_STATUSES:
         return DeliveryOutcome(
             OutcomeKind.REFUSED, BreakerVerdict.NEITHER, status_code, None, error
@@ -91,12 +108,14 @@ def classify_response(
     return DeliveryOutcome(OutcomeKind.RETRY, verdict, status_code, retry_after, error)
 
 
-def classify_error(exc: httpx.HTTPError) -> DeliveryOutcome:
+def classify_error(
+    exc: httpx.HTTPError, *, redact: Callable[[str], str] = clip_error
+) -> DeliveryOutcome:
     """The outcome of a request that got no answer (timeout, refused or reset connection)."""
     if isinstance(exc, httpx.TimeoutException):
         error = f"timeout ({type(exc).__name__})"
     else:
-        error = f"connection error ({type(exc).__name__}: {_shorten(str(exc))})"
+        error = f"connection error ({type(exc).__name__}: {_shorten(redact(str(exc)))})"
     return DeliveryOutcome(OutcomeKind.RETRY, BreakerVerdict.FAILURE, None, None, error)
 
 
@@ -149,12 +168,19 @@ class MemoryGateTransport:
         self.url = base_url.rstrip("/") + RECEIPTS_PATH
         self.timeout = timeout
         self._api_key = api_key
+        self._key_spellings = _spellings(api_key) if api_key else ()
         self._transport = transport
         self._trust_env = trust_env
 
     def __repr__(self) -> str:
         # The API key stays out of reprs, logs and tracebacks.
         return f"<MemoryGateTransport {self.url} timeout={self.timeout}s>"
+
+    def redact(self, text: str) -> str:
+        """``text`` fit for ``last_error``, logs and the admin: no API key, no credentials."""
+        for spelling in self._key_spellings:
+            text = text.replace(spelling, REDACTED)
+        return clip_error(text)
 
     def headers(self, receipt_id: str) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Idempotency-Key": receipt_id}
@@ -194,15 +220,26 @@ class MemoryGateTransport:
         try:
             response = await client.post(self.url, content=body, headers=self.headers(receipt_id))
         except httpx.HTTPError as exc:
-            return classify_error(exc)
-        return classify_response(response.status_code, response.headers, _error_text(response))
+            return classify_error(exc, redact=self.redact)
+        return classify_response(
+            response.status_code, response.headers, _error_text(response), redact=self.redact
+        )
 
     def send(self, client: httpx.Client, receipt_id: str, body: bytes) -> DeliveryOutcome:
         try:
             response = client.post(self.url, content=body, headers=self.headers(receipt_id))
         except httpx.HTTPError as exc:
-            return classify_error(exc)
-        return classify_response(response.status_code, response.headers, _error_text(response))
+            return classify_error(exc, redact=self.redact)
+        return classify_response(
+            response.status_code, response.headers, _error_text(response), redact=self.redact
+        )
+
+
+def _spellings(secret: str) -> tuple[str, ...]:
+    """How ``secret`` may appear in an echo: as is, percent-encoded, JSON-escaped."""
+    forms = {secret, quote(secret, safe=""), json.dumps(secret)[1:-1]}
+    # Longest first, so a spelling that contains another is replaced whole.
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -6,11 +6,14 @@ into the next) and a fresh process client.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -39,6 +42,45 @@ def dead_url() -> str:
 def memorygate_down(settings, dead_url: str) -> str:
     point_at(settings, dead_url)
     return dead_url
+
+
+class _EchoingRefusal(BaseHTTPRequestHandler):
+    """Refuses every receipt with 422 and quotes the caller's credentials back, as careless
+    servers do: once as the header it got, once as a bare JSON value."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        authorization = self.headers.get("Authorization", "")
+        body = json.dumps(
+            {
+                "error": "invalid_receipt",
+                "detail": f"refused a request sent with Authorization: {authorization}",
+                "api_key": authorization.removeprefix("Bearer "),
+            }
+        ).encode()
+        self.send_response(422)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def echoing_memorygate() -> Iterator[str]:
+    """The base URL of a loopback server that answers every receipt with ``_EchoingRefusal``.
+
+    The stub never echoes a request's headers, so the credential-scrubbing tests need this one.
+    """
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingRefusal)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
 
 
 def wire_payload(receipt_id: uuid.UUID, **overrides: Any) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.contrib.auth.models import Permission
 from django.urls import reverse
 from django.utils import timezone
 
@@ -97,3 +98,37 @@ def test_admin__discard_deletes_and_logs(admin_client, buffered):
     assert "2 receipts discarded" in message
     assert list(BufferedReceipt.objects.values_list("pk", flat=True)) == [rows[2].pk]
     assert LogEntry.objects.filter(action_flag=DELETION).count() == 2
+
+
+def staff_client(client, django_user_model, *codenames: str):
+    user = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize("action", ["retry_now", "requeue_dead", "discard"])
+def test_admin__view_only_staff_can_run_no_action(client, django_user_model, buffered, action):
+    staff = staff_client(client, django_user_model, "view_bufferedreceipt")
+    dead = buffered(2, status=ReceiptStatus.DEAD, attempts=12)
+
+    page = staff.get(CHANGELIST)
+    act(staff, action, dead)
+
+    assert page.status_code == 200
+    assert f'value="{action}"' not in page.content.decode()
+    assert set(BufferedReceipt.objects.values_list("status", "attempts")) == {("dead", 12)}
+    assert not LogEntry.objects.exists()
+
+
+def test_admin__change_permission_allows_retry_and_requeue_but_not_discard(
+    client, django_user_model, buffered
+):
+    staff = staff_client(
+        client, django_user_model, "view_bufferedreceipt", "change_bufferedreceipt"
+    )
+    dead = buffered(2, status=ReceiptStatus.DEAD, attempts=12)
+
+    assert "2 receipts requeued" in act(staff, "requeue_dead", dead)
+    assert "No action selected" in act(staff, "discard", dead)
+    assert set(BufferedReceipt.objects.values_list("status", "attempts")) == {("pending", 0)}

@@ -1,15 +1,23 @@
 """``MemoryGateClient``: emit = breaker + transport, else buffer. Real HTTP to the stub."""
 
 import asyncio
+import logging
+import os
+import re
+import time
 import uuid
 
 import pytest
 from asgiref.sync import async_to_sync
 from django.db import OperationalError, connection
+from django.utils import timezone
 
 from resilience.breaker import get_breaker
 from resilience.integrations import MemoryGateClient, get_memorygate_client
+from resilience.integrations.memorygate_client import CANCELLED_REASON
 from resilience.models import BufferedReceipt, ReceiptStatus
+from resilience.receipts.drain import drain
+from resilience.receipts.schema import MAX_BODY_DEPTH
 from resilience.signals import receipt_buffered, receipt_dead_lettered, receipt_delivered
 from tests.conftest import point_at
 from tests.receipts.conftest import set_breaker_policy
@@ -222,10 +230,11 @@ def test_emit_receipt__one_async_pool_per_event_loop(memorygate, receipt_fields)
 
     async def twice():
         first = await client.emit_receipt(**receipt_fields())
-        pool = client._async_client()
+        pool = await client._aclient()
         second = await client.emit_receipt(**receipt_fields())
-        assert client._async_client() is pool
+        assert await client._aclient() is pool
         await client.aclose()
+        assert pool.is_closed
         return first, second
 
     loop = asyncio.new_event_loop()
@@ -262,3 +271,168 @@ def test_emit_receipt__uuid_strings_are_accepted_and_sent_canonical(memorygate, 
 
     stored = memorygate.receipts()[result["receipt_id"]]
     assert (stored["tenant_id"], stored["task_id"]) == (str(tenant), str(task))
+
+
+def _open_probe_circuit() -> None:
+    """Leave the ``memorygate`` circuit HALF_OPEN-ready with one probe slot."""
+    set_breaker_policy(failure_threshold=1, timeout_seconds=1, half_open_max_calls=1)
+    breaker = get_breaker("memorygate")
+    breaker.acquire().failure("opened by the test")
+    assert breaker.stats()["state"] == "open"
+    time.sleep(1.05)  # timeout_seconds: the next acquire is the probe
+
+
+@pytest.mark.django_db
+def test_emit_receipt__cancelled_mid_send_keeps_the_receipt_and_frees_the_probe(
+    memorygate, settings, receipt_fields
+):
+    point_at(settings, memorygate.url, memorygate.api_key, MEMORYGATE_TIMEOUT_SECONDS=10)
+    _open_probe_circuit()
+    memorygate.set_faults(latency_ms=5000)  # stored at once, answered late
+    client = get_memorygate_client()
+
+    async def cancel_while_sending():
+        # What Django's ASGI handler does when the client disconnects during the view.
+        emit_task = asyncio.ensure_future(client.emit_receipt(**receipt_fields()))
+        while not (await asyncio.to_thread(memorygate.stats))["received"]:
+            await asyncio.sleep(0.01)
+        emit_task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await emit_task
+
+    async_to_sync(cancel_while_sending)()
+
+    row = BufferedReceipt.objects.get()
+    assert (row.status, row.attempts) == (ReceiptStatus.PENDING, 0)
+    assert row.next_attempt_at <= timezone.now()
+    assert row.last_error == CANCELLED_REASON
+    assert set(memorygate.receipts()) == {str(row.receipt_id)}  # the same idempotency key
+    assert client.get_circuit_stats()["probes_in_flight"] == 0
+    memorygate.set_faults(latency_ms=0)
+    assert emit(**receipt_fields())["status"] == "delivered"  # the probe slot was given back
+    assert drain().delivered == 1
+    assert memorygate.stats()["duplicates"] == 1  # MemoryGate kept it once
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("call", [emit, aemit], ids=["sync", "async"])
+def test_emit_receipt__an_unexpected_error_buffers_and_frees_the_probe(
+    memorygate, receipt_fields, monkeypatch, call
+):
+    _open_probe_circuit()
+    transport = get_memorygate_client()._transport
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the transport")
+
+    async def abroken(*args, **kwargs):
+        broken()
+
+    monkeypatch.setattr(transport, "send", broken)
+    monkeypatch.setattr(transport, "asend", abroken)
+
+    result = call(**receipt_fields())
+
+    assert result["status"] == "buffered"
+    assert result["reason"] == "unexpected error: RuntimeError"
+    assert BufferedReceipt.objects.get().status == ReceiptStatus.PENDING
+    assert get_memorygate_client().get_circuit_stats()["probes_in_flight"] == 0
+    monkeypatch.undo()
+    assert call(**receipt_fields())["status"] == "delivered"  # the slot is free for a probe
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts fds through /proc")
+def test_emit_receipt__fresh_event_loops_leave_no_pool_open(memorygate, receipt_fields):
+    client = MemoryGateClient(memorygate.url, memorygate.api_key)
+    get_breaker("memorygate")
+    # async_to_sync runs each call on a new loop, as Django does for an async view under WSGI.
+    aemit_fresh = async_to_sync(client.emit_receipt)
+    aemit_fresh(**receipt_fields())
+    before = _open_fds()
+
+    results = [aemit_fresh(**receipt_fields()) for _ in range(40)]
+
+    assert {r["status"] for r in results} == {"delivered"}
+    assert _open_fds() - before <= 1
+    assert client._async_pools == {}
+
+
+@pytest.mark.django_db
+def test_emit_receipt__pools_of_loops_closed_without_shutdown_are_dropped(
+    memorygate, receipt_fields
+):
+    client = MemoryGateClient(memorygate.url, memorygate.api_key)
+    get_breaker("memorygate")
+    loops = []
+    for _ in range(3):
+        loop = asyncio.new_event_loop()
+        loops.append(loop)
+        try:
+            result = loop.run_until_complete(client.emit_receipt(**receipt_fields()))
+        finally:
+            loop.close()
+        assert result["status"] == "delivered"
+
+    assert list(client._async_pools) == [loops[-1]]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("call", [emit, aemit], ids=["sync", "async"])
+def test_emit_receipt__an_echoed_api_key_reaches_no_sink(
+    echoing_memorygate, settings, receipt_fields, caplog, call
+):
+    point_at(settings, echoing_memorygate, api_key="SEKRET-KEY-123")
+
+    with caplog.at_level(logging.WARNING, logger="resilience"):
+        result = call(**receipt_fields())
+
+    row = BufferedReceipt.objects.get()
+    assert result["status"] == "rejected"
+    assert "refused a request sent with Authorization: Bearer [redacted]" in result["reason"]
+    assert '"api_key": "[redacted]"' in result["reason"]
+    sinks = {"reason": result["reason"], "last_error": row.last_error, "log": caplog.text}
+    assert all(sinks.values())
+    assert {name: "SEKRET" in text for name, text in sinks.items()} == dict.fromkeys(sinks, False)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"body": {"note": "a\x00b"}}, "body"),
+        ({"from_principal": {"kind": "agent", "id": "a\x00"}}, "from_principal.id"),
+        ({"to_principal": {"kind": ["agent"], "id": "a"}}, "to_principal.kind"),
+    ],
+)
+def test_emit_receipt__unstorable_input_is_refused_before_anything_is_sent(
+    memorygate, receipt_fields, fields, field
+):
+    memorygate.set_faults(fail_rate=1.0)  # a send would end in a buffer write
+
+    with pytest.raises(ValueError, match=f"^{re.escape(field)}:"):
+        emit(**receipt_fields(**fields))
+
+    assert memorygate.stats()["received"] == 0
+    assert BufferedReceipt.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_emit_receipt__the_deepest_allowed_body_is_buffered_then_delivered(
+    memorygate, receipt_fields
+):
+    body: dict = {"emoji": "\U0001f600"}
+    for _ in range(MAX_BODY_DEPTH - 1):
+        body = {"a": body}
+    memorygate.set_faults(fail_next=1)
+
+    result = emit(**receipt_fields(body=body))
+
+    assert result["status"] == "buffered"
+    assert BufferedReceipt.objects.get().payload["body"] == body
+    assert drain().delivered == 1
+    assert memorygate.receipts()[result["receipt_id"]]["body"] == body

@@ -49,6 +49,17 @@ def test_drain_receipts__quiet_under_verbosity_0(memorygate, buffered):
         (["--max-seconds", "0"], "--max-seconds"),
         (["--purge-delivered-older-than", "7 weeks"], "--purge-delivered-older-than"),
         (["--purge-delivered-older-than", "0d"], "--purge-delivered-older-than"),
+        (["--purge-delivered-older-than", "99999999999d"], "--purge-delivered-older-than"),
+        (["--purge-delivered-older-than", "999999999d"], "--purge-delivered-older-than"),
+        (["--purge-delivered-older-than", "3651d"], "--purge-delivered-older-than"),
+        (["--purge-delivered-older-than", "9" * 5000 + "s"], "--purge-delivered-older-than"),
+        (["--lease-seconds", "1e12"], "--lease-seconds"),
+        (["--lease-seconds", "86401"], "--lease-seconds"),
+        (["--batch-size", "10001"], "--batch-size"),
+        (["--batch-size", "9" * 5000], "--batch-size"),
+        (["--concurrency", "1001"], "--concurrency"),
+        (["--max-attempts", "1001"], "--max-attempts"),
+        (["--max-seconds", "1e300"], "--max-seconds"),
     ],
 )
 def test_drain_receipts__bad_option_is_exit_2_and_changes_nothing(
@@ -63,6 +74,21 @@ def test_drain_receipts__bad_option_is_exit_2_and_changes_nothing(
     assert error.value.returncode == 2
     assert BufferedReceipt.objects.filter(status=ReceiptStatus.DEAD).count() == 2
     assert memorygate.stats()["received"] == 0
+
+
+def test_drain_receipts__the_largest_allowed_values_work(memorygate, buffered):
+    buffered(1, status=ReceiptStatus.DEAD)
+    delivered_long_ago = timezone.now() - timedelta(days=3650, hours=1)
+    buffered(1, status=ReceiptStatus.DELIVERED, delivered_at=delivered_long_ago)
+
+    output = run(
+        "--requeue-dead", "--purge-delivered-older-than", "3650d", "--lease-seconds", "86400",
+        "--batch-size", "10000", "--concurrency", "1000", "--max-attempts", "1000",
+        "--max-seconds", "315360000",
+    )  # fmt: skip
+
+    assert "Requeued 1" in output and "Purged 1" in output
+    assert memorygate.stats()["stored"] == 1
 
 
 def test_drain_receipts__unset_url_is_exit_2(settings, buffered):
@@ -192,6 +218,25 @@ def test_drain_receipts__killed_drainer_loses_nothing(memorygate_env, stub_memor
     assert survivor.returncode == 0, (out, err)
     assert set(stub_memorygate.receipts()) == ids
     assert BufferedReceipt.objects.filter(status=ReceiptStatus.DELIVERED).count() == 120
+
+
+@pytest.mark.slow
+def test_drain_receipts__one_shot_run_stopped_by_sigterm_is_exit_1(
+    memorygate_env, stub_memorygate, buffered
+):
+    _pending(200, buffered)
+    stub_memorygate.set_faults(latency_ms=100)
+    drainer = manage(memorygate_env, "drain_receipts", "--batch-size", "100", "--concurrency", "2")
+    wait_for(lambda: stub_memorygate.stats()["received"] >= 2)
+
+    drainer.send_signal(signal.SIGTERM)
+    out, err = drainer.communicate(timeout=20)
+
+    assert drainer.returncode == 1, (out, err)
+    assert "stop requested" in out
+    assert "still due (stopped before the end)" in err
+    assert BufferedReceipt.objects.filter(status=ReceiptStatus.IN_FLIGHT).count() == 0
+    assert BufferedReceipt.objects.filter(status=ReceiptStatus.PENDING).exists()
 
 
 @pytest.mark.slow

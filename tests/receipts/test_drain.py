@@ -15,7 +15,7 @@ from resilience.models import BufferedReceipt, ReceiptStatus
 from resilience.receipts import buffer
 from resilience.receipts.backoff import retry_delay
 from resilience.receipts.buffer import Settle, Settlement
-from resilience.receipts.drain import DrainOptions, drain
+from resilience.receipts.drain import Drainer, DrainOptions, drain
 from tests.conftest import point_at
 from tests.receipts.conftest import set_breaker_policy
 
@@ -228,3 +228,107 @@ def test_retry_delay__full_jitter_doubles_up_to_the_cap_and_respects_retry_after
     assert retry_delay(40, uniform=top) == 900.0
     assert retry_delay(1, uniform=lambda low, high: low) == 0.0
     assert retry_delay(1, 30.0, uniform=top) == 30.0
+
+
+def test_drain__backoff_grows_exponentially_with_prior_attempts(memorygate, buffered):
+    prior = {0: 1.0, 3: 8.0, 6: 64.0, 10: 900.0}  # attempts so far -> base * 2**n, capped at 900
+    rows = {buffered(1, attempts=n)[0].pk: n for n in prior}
+    memorygate.set_faults(fail_rate=1.0, fail_status=503)
+    ranges: list[tuple[float, float]] = []
+
+    def widest(low: float, high: float) -> float:
+        ranges.append((low, high))
+        return high
+
+    before = timezone.now()
+    report = Drainer(DrainOptions(concurrency=1), uniform=widest).run()
+
+    assert report.failed == len(prior)
+    assert sorted(ranges) == sorted((0.0, bound) for bound in prior.values())  # full jitter
+    for row in BufferedReceipt.objects.all():
+        bound = timedelta(seconds=prior[rows[row.pk]])
+        assert (row.status, row.attempts) == (ReceiptStatus.PENDING, rows[row.pk] + 1)
+        assert before + bound <= row.next_attempt_at <= timezone.now() + bound
+
+
+def test_drain__backoff_jitter_stays_within_the_bound(memorygate, buffered):
+    buffered(20, attempts=6)
+    memorygate.set_faults(fail_rate=1.0, fail_status=503)
+    set_breaker_policy(failure_threshold=100)
+    before = timezone.now()
+
+    drain(DrainOptions(concurrency=4))
+
+    delays = [
+        (row.next_attempt_at - before).total_seconds() for row in BufferedReceipt.objects.all()
+    ]
+    assert all(0 <= d <= 64 + 1 for d in delays)
+    # Twenty draws from [0, 64] all below 32 would be a one-in-a-million fluke: the exponent is 6.
+    assert max(delays) > 32
+
+
+def test_drain__a_breaker_rejection_keeps_the_last_real_error(memorygate, buffered):
+    buffered(3, attempts=2, last_error="HTTP 401: missing or wrong bearer token")
+    set_breaker_policy(override="force_open")
+
+    report = drain(DrainOptions(concurrency=1))
+
+    assert report.stopped_because == "circuit open"
+    assert (report.skipped_open_circuit, report.still_failing) == (3, 3)
+    assert memorygate.stats()["received"] == 0
+    assert set(BufferedReceipt.objects.values_list("status", "attempts", "last_error")) == {
+        (ReceiptStatus.PENDING, 2, "HTTP 401: missing or wrong bearer token")
+    }
+
+
+def test_drain__an_echoed_api_key_is_not_stored(echoing_memorygate, settings, buffered):
+    point_at(settings, echoing_memorygate, api_key="SEKRET-KEY-123")
+    buffered(1)
+
+    report = drain()
+
+    row = BufferedReceipt.objects.get()
+    assert report.dead == 1
+    assert row.last_error.startswith("refused by MemoryGate: HTTP 422")
+    assert "Bearer [redacted]" in row.last_error
+    assert "SEKRET" not in row.last_error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_drain__loop_replaces_a_broken_database_connection_between_batches(memorygate, buffered):
+    buffered(9)
+    stop = threading.Event()
+    breakages = []
+
+    def break_the_connection(report):
+        # What a database restart leaves behind: Django's handle on a dead connection.
+        connection.ensure_connection()
+        connection.connection.close()
+        breakages.append(report.batches)
+        if report.delivered == 9:
+            stop.set()
+
+    report = drain(
+        DrainOptions(batch_size=3, loop=True), stop=stop, on_progress=break_the_connection
+    )
+
+    assert breakages == [1, 2, 3]
+    assert report.delivered == 9
+    assert statuses()[ReceiptStatus.DELIVERED] == 9
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("batch_size", 10_001),
+        ("concurrency", 1_001),
+        ("max_attempts", 1_001),
+        ("lease_seconds", 86_401),
+        ("lease_seconds", float("inf")),
+        ("max_seconds", 1e12),
+        ("idle_seconds", float("nan")),
+    ],
+)
+def test_drain_options__over_the_limit_is_a_value_error_naming_it(option, value):
+    with pytest.raises(ValueError, match=f"^{option}:"):
+        DrainOptions(**{option: value})

@@ -5,7 +5,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from resilience.receipts.schema import MAX_BODY_BYTES, build_receipt
+from resilience.receipts.schema import MAX_BODY_BYTES, MAX_BODY_DEPTH, build_receipt
+
+
+def nested(depth: int) -> dict:
+    """A body ``depth`` objects deep (the body itself counts as one)."""
+    body: dict = {}
+    for _ in range(depth - 1):
+        body = {"a": body}
+    return body
 
 
 def test_build_receipt__gives_a_fresh_uuid4_and_an_aware_timestamp(receipt_fields):
@@ -68,6 +76,17 @@ def test_build_receipt__body_is_copied_at_emit_time(receipt_fields):
         ({"body": {"when": datetime.now(UTC)}}, "body"),
         ({"body": {"x": float("nan")}}, "body"),
         ({"body": {"blob": "x" * MAX_BODY_BYTES}}, "body"),
+        ({"from_principal": {"kind": ["agent"], "id": "x"}}, "from_principal.kind"),
+        ({"to_principal": {"kind": {"k": 1}, "id": "x"}}, "to_principal.kind"),
+        ({"from_principal": {"kind": "agent", "id": "a\x00b"}}, "from_principal.id"),
+        ({"to_principal": {"kind": "agent", "id": "\ud800"}}, "to_principal.id"),
+        ({"body": {"note": "nul\x00here"}}, "body"),
+        ({"body": {"items": [1, {"deep": ["\x00"]}]}}, "body"),
+        ({"body": {"key\x00": 1}}, "body"),
+        ({"body": {"half": "\udc00 of a pair"}}, "body"),
+        ({"body": nested(5000)}, "body"),
+        ({"body": nested(MAX_BODY_DEPTH + 1)}, "body"),
+        ({"body": {"many": [0] * MAX_BODY_BYTES}}, "body"),
     ],
 )
 def test_build_receipt__bad_field_is_a_value_error_naming_it(receipt_fields, overrides, field):
@@ -80,3 +99,16 @@ def test_build_receipt__body_defaults_to_an_empty_object(receipt_fields):
     del fields["body"]
 
     assert build_receipt(**fields).to_wire()["body"] == {}
+
+
+def test_build_receipt__a_nul_is_reported_where_it_is(receipt_fields):
+    with pytest.raises(ValueError, match=re.escape("body.items[1].deep[0] contains a NUL")):
+        build_receipt(**receipt_fields(body={"items": [1, {"deep": ["\x00"]}]}))
+
+
+def test_build_receipt__the_deepest_allowed_body_and_paired_surrogates_are_fine(receipt_fields):
+    body = {"deep": nested(MAX_BODY_DEPTH - 1), "emoji": "\U0001f600", "escaped": "\\x00"}
+
+    receipt = build_receipt(**receipt_fields(body=body))
+
+    assert receipt.body == body

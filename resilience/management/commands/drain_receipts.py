@@ -1,8 +1,11 @@
 """``manage.py drain_receipts``: deliver buffered receipts to MemoryGate (see ``receipts.drain``).
 
 Exit status: 0 when every due receipt was delivered (or a ``--loop`` worker was asked to stop),
-1 when some are still failing (retried later, dead-lettered, or held back by an open circuit),
-2 on misconfiguration (``MEMORYGATE_URL`` unset, an invalid option); nothing changes then.
+1 when some are still failing (retried later, dead-lettered, or held back by an open circuit) or
+a one-shot run was stopped with receipts still due, 2 on misconfiguration (``MEMORYGATE_URL``
+unset, an invalid option); nothing changes then. Every option is checked, and every time derived
+from one (the purge cutoff, a lease's expiry) computed, before ``--requeue-dead`` or
+``--purge-delivered-older-than`` touch a row.
 """
 
 from __future__ import annotations
@@ -13,28 +16,39 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count
+from django.utils import timezone
 
 from resilience.exceptions import DeliveryError
 from resilience.models import BufferedReceipt, ReceiptStatus
 from resilience.receipts import buffer
-from resilience.receipts.drain import DrainOptions, DrainReport, drain
+from resilience.receipts.drain import (
+    MAX_OPTION_VALUES,
+    STOP_REQUESTED,
+    DrainOptions,
+    DrainReport,
+    drain,
+)
 from resilience.receipts.transport import transport_from_settings
 
 EXIT_STILL_FAILING = 1
 EXIT_MISCONFIGURED = 2
-DURATION = re.compile(r"^\s*(\d+)\s*([dhms])\s*$")
-DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+# At most 12 digits: more is over MAX_DURATION in any unit (and int() refuses thousands).
+DURATION = re.compile(r"^\s*(\d{1,12})\s*([dhms])\s*$")
+DURATION_UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+MAX_DURATION = timedelta(days=3650)
 BAR_WIDTH = 30
 DEFAULTS = DrainOptions()
 
 
 def parse_duration(value: str, option: str) -> timedelta:
-    """``7d``, ``12h``, ``30m`` or ``45s`` as a timedelta; ``CommandError`` (exit 2) otherwise."""
+    """``7d``, ``12h``, ``30m`` or ``45s`` as a timedelta of at most ``MAX_DURATION``;
+    ``CommandError`` (exit 2) otherwise."""
     match = DURATION.match(value or "")
     if match is None or int(match.group(1)) <= 0:
         raise CommandError(
@@ -42,10 +56,17 @@ def parse_duration(value: str, option: str) -> timedelta:
             "(e.g. 7d, 12h, 30m).",
             returncode=EXIT_MISCONFIGURED,
         )
-    return timedelta(**{DURATION_UNITS[match.group(2)]: int(match.group(1))})
+    seconds = int(match.group(1)) * DURATION_UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_DURATION.total_seconds():
+        raise CommandError(
+            f"{option}: {value!r} is longer than the limit of {MAX_DURATION.days} days.",
+            returncode=EXIT_MISCONFIGURED,
+        )
+    return timedelta(seconds=seconds)
 
 
 def parse_positive(value: str, option: str, kind: Callable[[str], float] = int) -> Any:
+    """A positive ``kind`` of at most the bound ``receipts.drain`` sets for the option."""
     try:
         number = kind(value)
     except (TypeError, ValueError):
@@ -55,7 +76,29 @@ def parse_positive(value: str, option: str, kind: Callable[[str], float] = int) 
         raise CommandError(
             f"{option}: {value!r} is not a positive {noun}.", returncode=EXIT_MISCONFIGURED
         )
+    limit = MAX_OPTION_VALUES[option.removeprefix("--").replace("-", "_")]
+    if number > limit:
+        raise CommandError(
+            f"{option}: {value!r} is over the limit of {limit:.0f}.", returncode=EXIT_MISCONFIGURED
+        )
     return number
+
+
+def _valid_date(option: str, compute: Callable[[], datetime]) -> datetime:
+    try:
+        return compute()
+    except OverflowError:
+        raise CommandError(
+            f"{option}: the date it leads to is out of range.", returncode=EXIT_MISCONFIGURED
+        ) from None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated invocation: the drain's options, and the purge cutoff when purging."""
+
+    drain_options: DrainOptions
+    purge_before: datetime | None
 
 
 class Command(BaseCommand):
@@ -69,24 +112,27 @@ class Command(BaseCommand):
         parser.add_argument(
             "--batch-size",
             default=str(DEFAULTS.batch_size),
-            help=f"Rows claimed per batch (default {DEFAULTS.batch_size}).",
+            help=f"Rows claimed per batch (default {DEFAULTS.batch_size}, "
+            f"at most {MAX_OPTION_VALUES['batch_size']:.0f}).",
         )
         parser.add_argument(
             "--concurrency",
             default=str(DEFAULTS.concurrency),
-            help=f"Requests in flight at once (default {DEFAULTS.concurrency}).",
+            help=f"Requests in flight at once (default {DEFAULTS.concurrency}, "
+            f"at most {MAX_OPTION_VALUES['concurrency']:.0f}).",
         )
         parser.add_argument(
             "--max-attempts",
             default=str(DEFAULTS.max_attempts),
             help="Attempts before a receipt is dead-lettered; breaker rejections do not count "
-            f"(default {DEFAULTS.max_attempts}).",
+            f"(default {DEFAULTS.max_attempts}, at most {MAX_OPTION_VALUES['max_attempts']:.0f}).",
         )
         parser.add_argument(
             "--lease-seconds",
             default=str(DEFAULTS.lease_seconds),
             help="How long a claim holds its rows; a drainer that dies loses them to others "
-            f"after this (default {DEFAULTS.lease_seconds:g}).",
+            f"after this (default {DEFAULTS.lease_seconds:g}, "
+            f"at most {MAX_OPTION_VALUES['lease_seconds']:.0f}).",
         )
         parser.add_argument(
             "--loop",
@@ -96,7 +142,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--max-seconds",
             default=None,
-            help="Stop claiming new batches after this many seconds (default: no limit).",
+            help="Stop claiming new batches after this many seconds (default: no limit; "
+            f"at most {MAX_OPTION_VALUES['max_seconds']:.0f}).",
         )
         parser.add_argument(
             "--dry-run",
@@ -112,11 +159,12 @@ class Command(BaseCommand):
             "--purge-delivered-older-than",
             metavar="DURATION",
             default=None,
-            help="First delete delivered rows older than DURATION (e.g. 7d, 12h, 30m).",
+            help="First delete delivered rows older than DURATION (e.g. 7d, 12h, 30m; "
+            f"at most {MAX_DURATION.days}d).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        drain_options, purge_age = self._validated(options)
+        plan = self._validated(options)
         try:
             transport = transport_from_settings()
         except DeliveryError as exc:
@@ -124,13 +172,13 @@ class Command(BaseCommand):
         verbosity = options["verbosity"]
 
         if options["dry_run"]:
-            self._dry_run(options["requeue_dead"], purge_age)
+            self._dry_run(options["requeue_dead"], plan.purge_before)
             return
         if options["requeue_dead"]:
             count = buffer.requeue_dead()
             self._say(verbosity, f"Requeued {count} dead receipt(s).")
-        if purge_age is not None:
-            count = buffer.purge_delivered(purge_age)
+        if plan.purge_before is not None:
+            count = buffer.purge_delivered_before(plan.purge_before)
             self._say(verbosity, f"Purged {count} delivered receipt(s).")
 
         progress = None
@@ -139,7 +187,7 @@ class Command(BaseCommand):
         stop = threading.Event()
         with _stop_on_signals(stop):
             report = drain(
-                drain_options,
+                plan.drain_options,
                 transport=transport,
                 stop=stop,
                 on_progress=progress.update if progress else None,
@@ -147,31 +195,44 @@ class Command(BaseCommand):
         if progress is not None:
             progress.finish()
         self._summarize(report, verbosity)
-        if report.stopped_because == "stop requested" or report.all_delivered:
+        # A worker asked to stop did its job; a one-shot run stopped early did not.
+        stopped = report.stopped_because == STOP_REQUESTED
+        if report.all_delivered or (stopped and plan.drain_options.loop):
             return
         raise CommandError(
             f"{report.still_failing} receipt(s) still failing (pending for a later attempt), "
-            f"{report.dead} dead-lettered, {report.remaining_due} still due.",
+            f"{report.dead} dead-lettered, {report.remaining_due} still due"
+            + (" (stopped before the end)." if stopped else "."),
             returncode=EXIT_STILL_FAILING,
         )
 
-    def _validated(self, options: dict[str, Any]) -> tuple[DrainOptions, timedelta | None]:
+    def _validated(self, options: dict[str, Any]) -> Plan:
+        """Every option checked, and every time derived from one computed, or exit 2."""
         max_seconds = options["max_seconds"]
         purge = options["purge_delivered_older_than"]
+        lease_seconds = parse_positive(options["lease_seconds"], "--lease-seconds", float)
         drain_options = DrainOptions(
             batch_size=parse_positive(options["batch_size"], "--batch-size"),
             concurrency=parse_positive(options["concurrency"], "--concurrency"),
             max_attempts=parse_positive(options["max_attempts"], "--max-attempts"),
-            lease_seconds=parse_positive(options["lease_seconds"], "--lease-seconds", float),
+            lease_seconds=lease_seconds,
             loop=options["loop"],
             max_seconds=(
                 None if max_seconds is None else parse_positive(max_seconds, "--max-seconds", float)
             ),
         )
         purge_age = None if purge is None else parse_duration(purge, "--purge-delivered-older-than")
-        return drain_options, purge_age
+        # The bounds keep these dates valid; computing them here proves it before any row changes.
+        now = timezone.now()
+        _valid_date("--lease-seconds", lambda: now + timedelta(seconds=lease_seconds))
+        purge_before = (
+            None
+            if purge_age is None
+            else _valid_date("--purge-delivered-older-than", lambda: now - purge_age)
+        )
+        return Plan(drain_options, purge_before)
 
-    def _dry_run(self, requeue_dead: bool, purge_age: timedelta | None) -> None:
+    def _dry_run(self, requeue_dead: bool, purge_before: datetime | None) -> None:
         by_status = dict.fromkeys(ReceiptStatus.values, 0)
         for status, count in _status_counts():
             by_status[status] = count
@@ -181,8 +242,8 @@ class Command(BaseCommand):
         )
         if requeue_dead:
             self.stdout.write(f"Would requeue {by_status[ReceiptStatus.DEAD]} dead receipt(s).")
-        if purge_age is not None:
-            count = buffer.delivered_older_than(purge_age)
+        if purge_before is not None:
+            count = buffer.delivered_before(purge_before)
             self.stdout.write(f"Would purge {count} delivered receipt(s).")
         self.stdout.write("Dry run: nothing was changed or sent.")
 

@@ -90,10 +90,6 @@ def sliding_consume(log: deque[int], limit: Limit, now: int) -> deque[int]:
     return log
 
 
-def sliding_expired(log: deque[int], limit: Limit, now: int) -> bool:
-    return not log or log[-1] <= now - limit.window_us
-
-
 # Fixed window: state is (window start, admitted hits in that window).
 
 
@@ -110,10 +106,6 @@ def fixed_consume(state: tuple[int, int] | None, limit: Limit, now: int) -> tupl
     start = now - now % limit.window_us
     count = state[1] if state is not None and state[0] == start else 0
     return (start, count + 1)
-
-
-def fixed_expired(state: tuple[int, int] | None, limit: Limit, now: int) -> bool:
-    return state is None or state[0] + limit.window_us <= now
 
 
 # GCRA: state is the theoretical arrival time (TAT).
@@ -135,10 +127,6 @@ def gcra_consume(tat: int | None, limit: Limit, now: int) -> int:
     return tat + limit.interval_us
 
 
-def gcra_expired(tat: int | None, limit: Limit, now: int) -> bool:
-    return tat is None or tat <= now
-
-
 EVALUATE = {
     "sliding_window": sliding_evaluate,
     "fixed_window": fixed_evaluate,
@@ -148,11 +136,6 @@ CONSUME = {
     "sliding_window": sliding_consume,
     "fixed_window": fixed_consume,
     "token_bucket": gcra_consume,
-}
-EXPIRED = {
-    "sliding_window": sliding_expired,
-    "fixed_window": fixed_expired,
-    "token_bucket": gcra_expired,
 }
 
 

@@ -31,43 +31,31 @@ def apply_headers(response: HttpResponse, decision: Decision) -> HttpResponse:
         return response
     policies = decision.policies
     remaining, reset = str(decision.remaining), str(decision.reset)
-    values = [
-        (
-            "RateLimit-Policy",
-            rule.policy_item if len(policies) == 1 else ", ".join(r.policy_item for r in policies),
-        ),
-        ("RateLimit", f"{rule.quoted_name};r={remaining};t={reset}"),
-        ("X-RateLimit-Limit", str(rule.calls)),
-        ("X-RateLimit-Remaining", remaining),
-        ("X-RateLimit-Reset", reset),
-    ]
-    if not decision.allowed:
-        values.append(("Retry-After", str(decision.retry_after)))
-    store = getattr(getattr(response, "headers", None), "_store", None)
-    if isinstance(store, dict):
-        # Every name and value here is printable ASCII by construction (rule names are quoted
-        # as structured-field strings), so the per-header charset validation of
-        # HttpResponse.__setitem__, a quarter of the middleware's cost, is skipped.
-        for name, value in values:
-            store[_LOWER[name]] = (name, value)
-    else:
-        for name, value in values:
-            response[name] = value
-    return response
-
-
-# ResponseHeaders' store is keyed by the lower-cased name; lowered once here, not per request.
-_LOWER = {
-    name: name.lower()
-    for name in (
-        "RateLimit-Policy",
-        "RateLimit",
-        "X-RateLimit-Limit",
-        "X-RateLimit-Remaining",
-        "X-RateLimit-Reset",
-        "Retry-After",
+    policy = (
+        rule.policy_item if len(policies) == 1 else ", ".join(r.policy_item for r in policies)
     )
-}
+    store = getattr(getattr(response, "headers", None), "_store", None)
+    if not isinstance(store, dict):
+        response["RateLimit-Policy"] = policy
+        response["RateLimit"] = f"{rule.quoted_name};r={remaining};t={reset}"
+        response["X-RateLimit-Limit"] = str(rule.calls)
+        response["X-RateLimit-Remaining"] = remaining
+        response["X-RateLimit-Reset"] = reset
+        if not decision.allowed:
+            response["Retry-After"] = str(decision.retry_after)
+        return response
+    # Every name and value here is printable ASCII by construction (rule names are quoted as
+    # structured-field strings), so the per-header charset validation of
+    # HttpResponse.__setitem__, a quarter of the middleware's cost, is skipped. The store is
+    # keyed by the lower-cased name.
+    store["ratelimit-policy"] = ("RateLimit-Policy", policy)
+    store["ratelimit"] = ("RateLimit", f"{rule.quoted_name};r={remaining};t={reset}")
+    store["x-ratelimit-limit"] = ("X-RateLimit-Limit", rule.calls_text)
+    store["x-ratelimit-remaining"] = ("X-RateLimit-Remaining", remaining)
+    store["x-ratelimit-reset"] = ("X-RateLimit-Reset", reset)
+    if not decision.allowed:
+        store["retry-after"] = ("Retry-After", str(decision.retry_after))
+    return response
 
 
 def refused_response(decision: Decision) -> HttpResponse:

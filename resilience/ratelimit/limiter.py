@@ -32,7 +32,7 @@ from django.http import HttpRequest
 from resilience.conf import resilience_settings
 from resilience.exceptions import BackendUnavailable
 from resilience.ratelimit import keys
-from resilience.ratelimit.algorithms import Verdict, ceil_seconds
+from resilience.ratelimit.algorithms import MICROS, Verdict, ceil_seconds
 from resilience.ratelimit.backends import Backend, Hit
 from resilience.ratelimit.rules import ALGORITHMS, MODES, Rule, parse_methods
 from resilience.ratelimit.stats import counts
@@ -290,14 +290,15 @@ class RateLimiter:
         hits: Sequence[Hit],
     ) -> Decision:
         if len(hits) == 1 and hits[0].enforced:  # the common case, without the bookkeeping
-            rule, verdict = rules[0], verdicts[0]
-            counts.record(rule, verdict.allowed, hits[0].key)
+            rule, (allowed, remaining, reset_us, retry_after_us) = rules[0], verdicts[0]
+            counts.record(rule, allowed, hits[0].key)
+            # ceil_seconds, inlined: both are non-negative for an enforced verdict.
             return Decision(
-                verdict.allowed,
+                allowed,
                 rule,
-                verdict.remaining,
-                ceil_seconds(verdict.reset_us),
-                0 if verdict.allowed else ceil_seconds(verdict.retry_after_us),
+                remaining,
+                -(-reset_us // MICROS),
+                0 if allowed else -(-retry_after_us // MICROS),
                 rules if isinstance(rules, tuple) else tuple(rules),
             )
         blocking: tuple[Rule, Verdict] | None = None

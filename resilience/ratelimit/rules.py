@@ -61,6 +61,7 @@ class Rule:
     key_suffix: str = field(init=False, repr=False, compare=False)
     quoted_name: str = field(init=False, repr=False, compare=False)
     policy_item: str = field(init=False, repr=False, compare=False)
+    calls_text: str = field(init=False, repr=False, compare=False)
     limit: Limit = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +84,7 @@ class Rule:
         object.__setattr__(
             self, "policy_item", f"{quoted_name};q={self.calls};w={self.window_seconds}"
         )
+        object.__setattr__(self, "calls_text", str(self.calls))
 
     @property
     def is_prefix(self) -> bool:

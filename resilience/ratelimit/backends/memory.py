@@ -7,9 +7,9 @@ Thread-safe and async-safe: one check (evaluate every hit, then commit all or no
 ``threading.Lock`` and contains no I/O and no ``await``, so neither threads nor coroutines
 interleave inside it and the async entry point never blocks the loop for more than the check.
 
-Bounded: at most ``max_keys`` counters are held; an expired counter is dropped when next touched
-and the least recently used counter is evicted when the table is full. Evicting a live counter
-forgets its hits, so size the bound above the number of clients active within a window.
+Bounded: at most ``max_keys`` counters are held; the least recently used counter is evicted when
+the table is full, and an expired counter is read as empty when next touched. Evicting a live
+counter forgets its hits, so size the bound above the number of clients active within a window.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from resilience.ratelimit.algorithms import CONSUME, EVALUATE, EXPIRED, Verdict, initial_state
+from resilience.ratelimit.algorithms import CONSUME, EVALUATE, Verdict, initial_state
 from resilience.ratelimit.backends import CheckResult, Hit
 
 DEFAULT_MAX_KEYS = 100_000
@@ -50,19 +50,25 @@ class MemoryBackend:
 
     def check(self, hits: Sequence[Hit], now_us: int | None = None) -> CheckResult:
         now = self.clock() if now_us is None else now_us
-        if len(hits) == 1:
-            return self._check_one(hits[0], now)
         states = self._states
+        if len(hits) == 1:
+            # The common case, without the bookkeeping: with one hit, all-or-nothing reduces to
+            # "record it if it is allowed"; a refused shadow hit still commits (it refuses
+            # nothing).
+            key, algorithm, limit, enforced = hits[0]
+            with self._lock:
+                state = self._touch(key, algorithm)
+                verdict = EVALUATE[algorithm](state, limit, now)
+                if verdict.allowed:
+                    states[key] = CONSUME[algorithm](state, limit, now)
+                while len(states) > self.max_keys:
+                    states.popitem(last=False)
+            return CheckResult((verdict,), verdict.allowed or not enforced)
         with self._lock:
             verdicts: list[Verdict] = []
             committed = True
             for key, algorithm, limit, enforced in hits:
-                state = states.get(key)
-                if state is None or EXPIRED[algorithm](state, limit, now):
-                    state = states[key] = initial_state(algorithm)
-                else:
-                    states.move_to_end(key)
-                verdict = EVALUATE[algorithm](state, limit, now)
+                verdict = EVALUATE[algorithm](self._touch(key, algorithm), limit, now)
                 verdicts.append(verdict)
                 if enforced and not verdict.allowed:
                     committed = False
@@ -72,31 +78,24 @@ class MemoryBackend:
                     if verdict.allowed and key not in done:
                         done.add(key)
                         states[key] = CONSUME[algorithm](states[key], limit, now)
-            if len(states) > self.max_keys:
-                while len(states) > self.max_keys:
-                    states.popitem(last=False)
-        return CheckResult(tuple(verdicts), committed)
-
-    def _check_one(self, hit: Hit, now: int) -> CheckResult:
-        """``check`` for one hit, the common case: the same steps without the bookkeeping.
-
-        With one hit, all-or-nothing reduces to "record it if it is allowed"; a refused shadow
-        hit still commits (it refuses nothing).
-        """
-        key, algorithm, limit, enforced = hit
-        states = self._states
-        with self._lock:
-            state = states.get(key)
-            if state is None or EXPIRED[algorithm](state, limit, now):
-                state = states[key] = initial_state(algorithm)
-            else:
-                states.move_to_end(key)
-            verdict = EVALUATE[algorithm](state, limit, now)
-            if verdict.allowed:
-                states[key] = CONSUME[algorithm](state, limit, now)
             while len(states) > self.max_keys:
                 states.popitem(last=False)
-        return CheckResult((verdict,), verdict.allowed or not enforced)
+        return CheckResult(tuple(verdicts), committed)
+
+    def _touch(self, key: str, algorithm: str) -> Any:
+        """The counter's state, made most recently used (created when new). Call under the lock.
+
+        An expired counter needs no special case: each algorithm's ``evaluate`` reads stale
+        state as empty (the sliding log drops hits that left the window, a fixed window from
+        an earlier period counts nothing, a token-bucket time in the past is "now").
+        """
+        states = self._states
+        state = states.get(key)
+        if state is None:
+            state = states[key] = initial_state(algorithm)
+        else:
+            states.move_to_end(key)
+        return state
 
     async def acheck(self, hits: Sequence[Hit], now_us: int | None = None) -> CheckResult:
         return self.check(hits, now_us)

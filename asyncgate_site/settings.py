@@ -11,6 +11,7 @@ from asyncgate_site.env import (
     env_api_keys,
     env_bool,
     env_choice,
+    env_float,
     env_int,
     env_list,
     env_log_level,
@@ -119,6 +120,7 @@ RESILIENCE = {
     "RATE_LIMIT_TRUSTED_PROXIES": env_list("RATE_LIMIT_TRUSTED_PROXIES", []),
     "MEMORYGATE_URL": env_url("MEMORYGATE_URL"),
     "MEMORYGATE_API_KEY": env_str("MEMORYGATE_API_KEY"),
+    "MEMORYGATE_TIMEOUT_SECONDS": env_float("MEMORYGATE_TIMEOUT_SECONDS", 0.5),
     "METRICS_TOKEN": env_str("METRICS_TOKEN"),
 }
 

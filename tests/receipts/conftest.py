@@ -146,11 +146,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, interval: flo
 
 @pytest.fixture
 def memorygate_env(child_env: dict[str, str], stub_memorygate: StubMemoryGate) -> dict[str, str]:
-    """``child_env`` pointed at the (reset) stub, quiet logs."""
+    """``child_env`` pointed at the (reset) stub, quiet logs.
+
+    A roomy MemoryGate timeout: these tests are about delivery, and on a loaded two-core machine
+    a drainer's request can wait longer than the production default for its share of the CPU.
+    """
     env = dict(child_env)
     env.update(
         MEMORYGATE_URL=stub_memorygate.url,
         MEMORYGATE_API_KEY=stub_memorygate.api_key or "",
+        MEMORYGATE_TIMEOUT_SECONDS="5",
         RESILIENCE_LOG_LEVEL="WARNING",
     )
     env.pop("REDIS_URL", None)

@@ -9,7 +9,9 @@ interleave inside it and the async entry point never blocks the loop for more th
 
 Bounded: at most ``max_keys`` counters are held; the least recently used counter is evicted when
 the table is full, and an expired counter is read as empty when next touched. Evicting a live
-counter forgets its hits, so size the bound above the number of clients active within a window.
+counter forgets its hits, so size the bound above the number of clients active within a window;
+a client inventing identities (made-up API keys, addresses across an IPv6 /64 range) can push
+others' counters out, one more reason this backend is for development only.
 """
 
 from __future__ import annotations
